@@ -1,0 +1,132 @@
+"""The `taskshare` command line.
+
+    taskshare run [BENCHMARK] --method M[,M2,...] [--epochs N] [--limit N] [--seed S] [--out DIR]
+                  [--config FILE] [--set key=value ...] [--resume] [--quiet] [--device cpu|cuda]
+                  [--precision fp32|bf16]
+    taskshare list
+    taskshare report DIR [DIR ...] [--plots DIR]
+
+`taskshare run` with no benchmark runs the default comparison (DEFAULT_BENCHMARK with DEFAULT_METHODS).
+Bad input exits with status 2 and a one-line message; an interrupted run exits with 130 and can be
+continued with --resume.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from taskshare.errors import TaskshareError
+
+DEFAULT_BENCHMARK = "split-mnist"
+DEFAULT_METHODS = ("finetune", "ewc", "lwf", "expert-per-task", "joint")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="taskshare", description="Task-aware parameter sharing: multi-task and "
+                                "lifelong learning with as few task-specific parameters as possible.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="train methods on a benchmark and write OUT/<method>/results.json")
+    r.add_argument("benchmark", nargs="?", default=None,
+                   help=f"benchmark name (taskshare list); default: {DEFAULT_BENCHMARK} with "
+                        f"{','.join(DEFAULT_METHODS)}")
+    r.add_argument("--method", "-m", default=None, help="comma-separated methods (default: the baselines)")
+    r.add_argument("--epochs", type=int)
+    r.add_argument("--limit", type=int, help="cap on training samples per task (quick runs)")
+    r.add_argument("--seed", type=int)
+    r.add_argument("--out", default=None, help="output directory (default: runs/<benchmark>)")
+    r.add_argument("--config", help="YAML or TOML file of settings")
+    r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set lr=0.05 --set ewc.lambda=100 --set benchmark.n_tasks=5")
+    r.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    r.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-task lines")
+    r.add_argument("--device", choices=("cpu", "cuda"))
+    r.add_argument("--precision", choices=("fp32", "bf16"))
+
+    sub.add_parser("list", help="benchmarks and methods, with one-line descriptions")
+
+    rep = sub.add_parser("report", help="comparison table and PNG plots from result directories")
+    rep.add_argument("paths", nargs="+", help="results.json files, run directories or output directories")
+    rep.add_argument("--plots", default=None, help="where to write the PNGs (default: next to the results)")
+    return p
+
+
+def _config(args):
+    from taskshare.engine.config import build_config, load_file, merge, parse_set
+    from taskshare.methods import method_options
+
+    raw = load_file(args.config) if args.config else {}
+    raw = merge(raw, parse_set(args.sets))
+    for key in ("epochs", "limit", "seed", "device", "precision"):
+        value = getattr(args, key)
+        if value is not None:
+            raw[key] = value
+    return build_config(raw, method_options())
+
+
+def cmd_run(args) -> int:
+    import torch
+
+    from taskshare.data import build_benchmark
+    from taskshare.engine.runner import run_method
+    from taskshare.methods import METHODS
+    from taskshare.results.report import comparison_table, report
+
+    benchmark = args.benchmark or DEFAULT_BENCHMARK
+    methods = [m.strip() for m in (args.method or ",".join(DEFAULT_METHODS)).split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise TaskshareError(f"unknown method {unknown[0]!r}: choose from {', '.join(METHODS)} (taskshare list)")
+    cfg = _config(args)
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise TaskshareError("--device cuda: no CUDA device is available here; use --device cpu")
+    out = Path(args.out or Path("runs") / benchmark.replace(":", "_").replace("/", "_"))
+    stream = build_benchmark(benchmark, seed=cfg.seed, options=cfg.benchmark)
+    if not args.quiet:
+        print(f"{benchmark}: {len(stream.tasks)} tasks ({', '.join(stream.task_names)}); "
+              f"methods {', '.join(methods)}; writing to {out}", file=sys.stderr)
+    results = [run_method(stream, m, cfg, out, benchmark=benchmark, resume=args.resume, quiet=args.quiet)
+               for m in methods]
+    print(comparison_table(results))
+    if len(results) > 1 or not args.quiet:
+        print(report([out / m for m in methods], out_dir=out).split("\n\n", 1)[-1])
+    return 0
+
+
+def cmd_list(args) -> int:
+    from taskshare.data import BENCHMARKS, USER_BENCHMARKS
+    from taskshare.methods import METHODS
+
+    print("benchmarks:")
+    for name, spec in BENCHMARKS.items():
+        print(f"  {name:<22} {spec.description}")
+    for pattern, desc in USER_BENCHMARKS.items():
+        print(f"  {pattern:<22} {desc}")
+    print("methods (--method):")
+    for name, cls in METHODS.items():
+        print(f"  {name:<22} {cls.description}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from taskshare.results.report import report
+
+    print(report(args.paths, out_dir=args.plots))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"run": cmd_run, "list": cmd_list, "report": cmd_report}[args.command](args)
+    except TaskshareError as e:
+        print(f"taskshare: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("taskshare: interrupted; continue with the same command and --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Run configuration: defaults in one visible place, a config file (YAML or TOML), `--set key=value`.
+
+Top-level keys are the fields of `RunConfig`. Two kinds of sections hold options of their own:
+``benchmark`` (passed to the benchmark builder, e.g. ``benchmark.n_tasks=5``) and one section per method
+(``ewc.lambda=100``), validated against that method's `Options` dataclass. Every value is checked at load
+time; an unknown key or a value of the wrong type is a one-line ConfigError naming the valid choices.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from taskshare.errors import ConfigError
+
+
+@dataclass
+class RunConfig:
+    epochs: int = 2                   # passes over each task's training split
+    batch_size: int = 128
+    lr: float = 0.01
+    optimizer: str = "sgd"            # sgd | adam
+    momentum: float = 0.9             # SGD only
+    weight_decay: float = 0.0
+    model: str = "auto"               # mlp | cnn | resnet18 | auto (mlp for MNIST-sized inputs, resnet18 for 3x32x32)
+    limit: int | None = None          # cap on training samples per task (quick runs)
+    precision: str = "fp32"           # fp32 | bf16 (CPU autocast)
+    device: str = "cpu"
+    seed: int = 0
+    checkpoint_minutes: float = 5.0   # also checkpoint at an epoch end when this long has passed
+    eval_batch_size: int = 1024
+    benchmark: dict[str, Any] = field(default_factory=dict)
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {"optimizer": ("sgd", "adam"), "precision": ("fp32", "bf16")}
+_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def _base_type(tp: Any) -> tuple[type, bool]:
+    """(type, optional) for the simple annotations used in option dataclasses."""
+    if isinstance(tp, str):
+        tp = eval(tp, {"Any": Any, "typing": typing})  # annotations are plain builtins
+    args = typing.get_args(tp)
+    if args and type(None) in args:
+        inner = [a for a in args if a is not type(None)][0]
+        return _base_type(inner)[0], True
+    return (typing.get_origin(tp) or tp), False
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert `value` to the annotated type `tp`; strings from `--set` are parsed as YAML scalars."""
+    base, optional = _base_type(tp)
+    if isinstance(value, str) and base is not str:
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            pass
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key} cannot be null: give a {base.__name__}")
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base is tuple and isinstance(value, list):
+        return tuple(value)
+    if base is Any or isinstance(value, base) and not (base is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{key}={value!r} is not a valid {base.__name__}: e.g. --set {key}=<{base.__name__}>")
+
+
+def check_options(cls: type, values: dict[str, Any], section: str) -> Any:
+    """Build the method/benchmark options dataclass `cls` from `values`, validating keys and types."""
+    # a field `lambda_` is spelled `lambda` by users (a Python keyword cannot be a field name)
+    fields = {f.name.rstrip("_"): f.name for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for k, v in values.items():
+        if k not in fields:
+            raise ConfigError(f"unknown option {section}.{k}: valid options are "
+                              f"{', '.join(f'{section}.{n}' for n in fields) or 'none'}")
+        out[fields[k]] = coerce(v, hints[fields[k]], f"{section}.{k}")
+    try:
+        return cls(**out)
+    except ValueError as e:  # __post_init__ range checks
+        raise ConfigError(f"{section}: {e}") from None
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} not found: check the --config path")
+    text = p.read_text()
+    try:
+        if p.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif p.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"config file {p}: unknown format {p.suffix!r}; use .yaml, .yml or .toml")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise ConfigError(f"config file {p} does not parse ({first}): fix the syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of keys to values")
+    return data
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """['epochs=3', 'ewc.lambda=100'] -> nested dict (values still strings; coerced by build_config)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set epochs=3 or --set ewc.lambda=100")
+        parts = key.split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part} is a value, not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_config(raw: dict[str, Any], method_options: dict[str, type]) -> RunConfig:
+    """Validate a raw nested dict into a RunConfig; `method_options` maps method name -> Options class."""
+    top: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {}
+    for k, v in raw.items():
+        if k in method_options:
+            if not isinstance(v, dict):
+                raise ConfigError(f"{k} must be a section of options, e.g. --set {k}.<option>=<value>")
+            sections[k] = v
+        elif k == "benchmark":
+            if not isinstance(v, dict):
+                raise ConfigError("benchmark must be a section of options, e.g. --set benchmark.n_tasks=5")
+            top[k] = dict(v)
+        elif k in _FIELDS and k != "methods":
+            top[k] = coerce(v, typing.get_type_hints(RunConfig)[k], k)
+        else:
+            valid = [n for n in _FIELDS if n != "methods"] + sorted(method_options)
+            raise ConfigError(f"unknown config key {k!r}: valid keys are {', '.join(valid)}")
+    for key, choices in CHOICES.items():
+        if key in top and top[key] not in choices:
+            raise ConfigError(f"{key}={top[key]!r} is not valid: choose one of {', '.join(choices)}")
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        if key in top and top[key] < 1:
+            raise ConfigError(f"{key} must be at least 1, got {top[key]}")
+    if top.get("limit") is not None and top["limit"] < 1:
+        raise ConfigError(f"limit must be at least 1, got {top['limit']}")
+    if "lr" in top and not top["lr"] > 0:
+        raise ConfigError(f"lr must be positive, got {top['lr']}")
+    cfg = RunConfig(**top)
+    for name, values in sections.items():
+        check_options(method_options[name], values, name)  # validate now, build again per run
+    cfg.methods = sections
+    return cfg

@@ -1,0 +1,102 @@
+"""The training and evaluation loops: batches in, learner steps, nothing else in the hot path.
+
+Per step the loop does what a hand-written PyTorch loop does (slice a batch, move it, one optimizer step)
+plus a non-finite check that costs one tensor add per step and one sync every `CHECK_EVERY` steps.
+"""
+from __future__ import annotations
+
+import math
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from taskshare.errors import TrainingError
+
+CHECK_EVERY = 50
+
+
+class NonFiniteGuard:
+    """Accumulates losses as a tensor and checks them for NaN/inf every CHECK_EVERY steps and at flush."""
+
+    def __init__(self, where: Callable[[], str]):
+        self.where = where
+        self.total: torch.Tensor | None = None
+        self.count = 0
+        self.steps = 0
+        self.last = float("nan")
+
+    def add(self, loss: torch.Tensor) -> None:
+        loss = loss.detach().float()
+        self.total = loss if self.total is None else self.total + loss
+        self.count += 1
+        self.steps += 1
+        if self.steps % CHECK_EVERY == 0:
+            self.flush()
+
+    def flush(self) -> float:
+        """Raise TrainingError on a non-finite loss; return the mean loss since the last flush."""
+        if self.total is None:
+            return self.last
+        value, n = float(self.total), self.count
+        self.total, self.count = None, 0
+        if not math.isfinite(value):
+            raise TrainingError(f"non-finite loss ({value}) in {self.where()}: lower the learning rate "
+                                "(--set lr=...) or use --precision fp32; the last good checkpoint is kept")
+        self.last = value / n
+        return self.last
+
+
+def train_epoch(learner, dataset, batch_size: int, generator: torch.Generator, device: torch.device,
+                guard: NonFiniteGuard, progress=None) -> float:
+    """One shuffled pass over `dataset` (a TensorDataset) through `learner.observe`."""
+    for x, y in dataset.batches(batch_size, shuffle=True, generator=generator):
+        guard.add(learner.observe(x.to(device, non_blocking=True), y.to(device, non_blocking=True)))
+        if progress is not None:
+            progress.update(1)
+    return guard.flush()
+
+
+def mixed_batches(datasets: Sequence, batch_size: int, generator: torch.Generator):
+    """Shuffled batches over the union of several datasets: (x, y, task_ids).
+
+    One permutation over all (task, index) pairs; per batch, each task's samples are gathered and
+    transformed together (its own transform), so it costs a handful of tensor ops per batch.
+    """
+    sizes = torch.tensor([len(d) for d in datasets])
+    offsets = torch.cumsum(sizes, 0) - sizes
+    owner = torch.repeat_interleave(torch.arange(len(datasets)), sizes)
+    order = torch.randperm(int(sizes.sum()), generator=generator)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        tid = owner[idx]
+        xs, ys, ts = [], [], []
+        for t in torch.unique(tid).tolist():
+            local = idx[tid == t] - offsets[t]
+            x, y = datasets[t].take(local)
+            xs.append(x)
+            ys.append(y)
+            ts.append(torch.full((len(local),), t, dtype=torch.long))
+        yield torch.cat(xs), torch.cat(ys), torch.cat(ts)
+
+
+def train_mixed_epoch(learner, datasets: Sequence, batch_size: int, generator: torch.Generator,
+                      device: torch.device, guard: NonFiniteGuard, progress=None) -> float:
+    for x, y, tid in mixed_batches(datasets, batch_size, generator):
+        guard.add(learner.observe_mixed(x.to(device), y.to(device), tid.to(device)))
+        if progress is not None:
+            progress.update(1)
+    return guard.flush()
+
+
+def evaluate(learner, dataset, task_name: str, batch_size: int, device: torch.device) -> float:
+    """Accuracy (fraction) of `learner` on `dataset` for task `task_name`."""
+    correct = torch.zeros((), dtype=torch.long)
+    total = 0
+    for x, y in dataset.batches(batch_size, shuffle=False):
+        logits = learner.predict(x.to(device), task_name)
+        correct += (logits.argmax(1).cpu() == y).sum()
+        total += len(y)
+    if total == 0:
+        raise TrainingError(f"task {task_name}: the evaluation split is empty; check the data")
+    return int(correct) / total

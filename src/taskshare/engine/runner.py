@@ -1,0 +1,223 @@
+"""The lifelong runner: a stream of tasks through one learner, with metrics, artifacts and checkpoints.
+
+For each method it writes ``OUT/<method>/``:
+
+- ``results.json``: benchmark, method, seed, tasks, acc_matrix (R[i][j]: test accuracy on task j after
+  training task i; null for tasks not yet seen; offline learners such as joint have null rows before the
+  last), avg_acc, bwt, fwt (null: undefined for task-incremental heads, which cannot predict unseen
+  tasks), forgetting, val_acc (validation accuracy of each task right after training it), params,
+  artifact_bytes, time_s, peak_rss_mb, config, versions;
+- ``artifacts/base.safetensors`` (the shared tensors) and ``artifacts/<task>.{safetensors,json}`` (each
+  task's own tensors, loadable alone onto the base);
+- ``checkpoint.safetensors`` while the run is in progress: written atomically at the end of every task
+  and at the end of an epoch when ``checkpoint_minutes`` have passed, with the RNG state. ``resume=True``
+  continues from it and ends with the same results as an uninterrupted run (every random draw is derived
+  from (seed, task, epoch), and checkpoints hold optimizer moments).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from taskshare import __version__
+from taskshare.core.artifacts import save_task
+from taskshare.core.serialize import atomic_write_json, load_state, read_json, save_state, save_tensors
+from taskshare.engine.config import RunConfig, check_options
+from taskshare.engine.loop import NonFiniteGuard, evaluate, train_epoch, train_mixed_epoch
+from taskshare.errors import ConfigError
+from taskshare.methods import METHODS
+from taskshare.methods.base import task_seed
+from taskshare.results.metrics import average_accuracy, backward_transfer, forgetting
+
+CHECKPOINT = "checkpoint.safetensors"
+# settings that do not change results: a run may be resumed with other values
+_NOT_IDENTITY = ("device", "checkpoint_minutes", "eval_batch_size")
+
+
+def versions() -> dict[str, str]:
+    return {"taskshare": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _identity(benchmark: str, method: str, cfg: RunConfig) -> dict[str, Any]:
+    conf = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IDENTITY}
+    conf["methods"] = {method: cfg.methods.get(method, {})}
+    return {"benchmark": benchmark, "method": method, "config": conf}
+
+
+class _Progress:
+    """A tqdm bar on stderr, or nothing when quiet."""
+
+    def __init__(self, quiet: bool, total: int, desc: str):
+        self.bar = None
+        if not quiet:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=desc, unit="batch", leave=False, file=sys.stderr,
+                            dynamic_ncols=True, mininterval=0.5)
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+
+    def __enter__(self):
+        return self.bar
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benchmark: str | None = None,
+               resume: bool = False, quiet: bool = True,
+               on_checkpoint: Callable[[Path], None] | None = None) -> dict[str, Any]:
+    """Train `method` over `stream` and write OUT/<method>/results.json; returns the results dict."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}: choose from {', '.join(METHODS)} (taskshare list)")
+    cls = METHODS[method]
+    options = check_options(cls.Options, cfg.methods.get(method, {}), method)
+    benchmark = benchmark or stream.name
+    run_dir = Path(out_dir) / method
+    ckpt_path = run_dir / CHECKPOINT
+    identity = _identity(benchmark, method, cfg)
+    say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+    if resume and (run_dir / "results.json").exists() and not ckpt_path.exists():
+        done = read_json(run_dir / "results.json", "results")
+        if _identity(done["benchmark"], done["method"], RunConfig(**done["config"])) == identity:
+            say(f"[{method}] already complete in {run_dir}: keeping its results")
+            return done
+
+    tasks = [t.limit(cfg.limit, seed=cfg.seed) if cfg.limit else t for t in stream.tasks]
+    names = [t.name for t in tasks]
+    torch.manual_seed(cfg.seed)
+    learner = cls(cfg, options, tasks[0].input_shape)
+    device = learner.device
+    T = len(tasks)
+    rows: list[list[float | None]] = []
+    val_acc: list[float | None] = []
+    next_task, next_epoch, elapsed = 0, 0, 0.0
+    saved_state = None
+    if resume and ckpt_path.exists():
+        ckpt, _ = load_state(ckpt_path)
+        if ckpt["identity"] != identity:
+            raise ConfigError(f"checkpoint {ckpt_path} was made with other settings: resume with the same "
+                              "benchmark, method and options, or run without --resume to start over")
+        saved_state = ckpt["learner"]
+        rows, val_acc = ckpt["rows"], ckpt["val_acc"]
+        next_task, next_epoch, elapsed = ckpt["task"], ckpt["epoch"], ckpt["elapsed"]
+        torch.set_rng_state(ckpt["rng"])
+        learner.load_state_dict(saved_state)
+        say(f"[{method}] resuming at task {next_task + 1}/{T}, epoch {next_epoch} from {ckpt_path}")
+
+    start = time.perf_counter() - elapsed
+    last_ckpt = time.monotonic()
+
+    def checkpoint(task_index: int, epoch: int) -> None:
+        nonlocal last_ckpt
+        state = {"identity": identity, "learner": learner.state_dict(), "rows": rows, "val_acc": val_acc,
+                 "task": task_index, "epoch": epoch, "elapsed": time.perf_counter() - start,
+                 "rng": torch.get_rng_state()}
+        save_state(ckpt_path, state)
+        last_ckpt = time.monotonic()
+        if on_checkpoint is not None:
+            on_checkpoint(ckpt_path)
+        if os.environ.get("TASKSHARE_CRASH_AFTER_CHECKPOINT"):  # used by the kill-and-resume test
+            os._exit(137)
+
+    def due() -> bool:
+        return time.monotonic() - last_ckpt >= cfg.checkpoint_minutes * 60
+
+    def evaluate_row(upto: int) -> list[float | None]:
+        return [evaluate(learner, tasks[j].test, names[j], cfg.eval_batch_size, device) if j <= upto else None
+                for j in range(T)]
+
+    if cls.offline:
+        learner.begin_all(tasks)
+        if saved_state is not None:
+            learner.load_state_dict(saved_state)
+        datasets = [t.train for t in tasks]
+        n_batches = sum(-(-len(d) // cfg.batch_size) for d in datasets)
+        guard = NonFiniteGuard(lambda: f"{method}, epoch {epoch + 1}")
+        with _Progress(quiet, n_batches * (cfg.epochs - next_epoch), f"{method} (all tasks)") as bar:
+            for epoch in range(next_epoch, cfg.epochs):
+                gen = torch.Generator().manual_seed(task_seed(cfg.seed, 0, salt=100 + epoch))
+                train_mixed_epoch(learner, datasets, cfg.batch_size, gen, device, guard, bar)
+                if epoch + 1 < cfg.epochs and due():
+                    checkpoint(0, epoch + 1)
+        rows = [[None] * T for _ in range(T - 1)] + [evaluate_row(T - 1)]
+        val_acc = [evaluate(learner, t.val, t.name, cfg.eval_batch_size, device) for t in tasks]
+    else:
+        for i in range(next_task, T):
+            task = tasks[i]
+            first_epoch = next_epoch if i == next_task else 0
+            learner.begin_task(task, i)
+            if first_epoch > 0:  # mid-task resume: restore moments and method state after begin_task
+                learner.load_state_dict(saved_state)
+            n_batches = -(-len(task.train) // cfg.batch_size)
+            guard = NonFiniteGuard(lambda: f"{method}, task {task.name}, epoch {epoch + 1}")
+            with _Progress(quiet, n_batches * (cfg.epochs - first_epoch), f"{method} {i + 1}/{T} {task.name}") as bar:
+                for epoch in range(first_epoch, cfg.epochs):
+                    gen = torch.Generator().manual_seed(task_seed(cfg.seed, i, salt=100 + epoch))
+                    train_epoch(learner, task.train, cfg.batch_size, gen, device, guard, bar)
+                    if epoch + 1 < cfg.epochs and due():
+                        checkpoint(i, epoch + 1)
+            learner.end_task(task)
+            val_acc.append(evaluate(learner, task.val, task.name, cfg.eval_batch_size, device))
+            rows.append(evaluate_row(i))
+            say(f"[{method}] task {i + 1}/{T} {task.name}: val {val_acc[-1]:.4f}, test on seen tasks "
+                + " ".join(f"{a:.3f}" for a in rows[-1] if a is not None))
+            checkpoint(i + 1, 0)
+
+    time_s = time.perf_counter() - start
+    results = _results(learner, benchmark, method, cfg, names, rows, val_acc, time_s, run_dir)
+    atomic_write_json(run_dir / "results.json", results)
+    if ckpt_path.exists():
+        ckpt_path.unlink()
+    say(f"[{method}] avg acc {results['avg_acc']:.4f}, wrote {run_dir / 'results.json'}")
+    return results
+
+
+def save_artifacts(learner, names: list[str], art_dir: Path) -> tuple[dict[str, int], int]:
+    """base.safetensors (shared tensors) + one artifact per task; returns ({task: bytes}, base bytes)."""
+    tt = learner.tt
+    base = save_tensors(art_dir / "base.safetensors", tt.shared_named_tensors(),
+                        {"base_fingerprint": tt.fingerprint()})
+    sizes = {name: save_task(tt, name, art_dir / _safe(name), meta={"method": learner.name}) for name in names}
+    return sizes, base
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _results(learner, benchmark, method, cfg, names, rows, val_acc, time_s, run_dir) -> dict[str, Any]:
+    sizes, _ = save_artifacts(learner, names, run_dir / "artifacts")
+    base = learner.tt.count_shared()
+    added = [learner.tt.count(n)["params"] for n in names]
+    final = rows[-1]
+    complete = all(rows[j][j] is not None for j in range(len(rows)))
+    return {
+        "benchmark": benchmark, "method": method, "seed": cfg.seed, "tasks": names,
+        "acc_matrix": rows,
+        "avg_acc": average_accuracy(rows) if complete else sum(final) / len(final),
+        "bwt": backward_transfer(rows) if complete else None,
+        "fwt": None,
+        "forgetting": forgetting(rows) if complete else None,
+        "val_acc": val_acc,
+        "params": {"base": base, "added_per_task": added, "total": base + sum(added)},
+        "artifact_bytes": sizes,
+        "time_s": round(time_s, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
+        "config": cfg.to_dict(), "versions": versions(),
+    }

@@ -1,0 +1,13 @@
+"""Methods by family. `METHODS` maps each `--method` name to its learner class."""
+from taskshare.methods.base import Learner
+from taskshare.methods.lifelong import EWC, ExpertPerTask, Finetune, Joint, LwF
+
+METHODS: dict[str, type[Learner]] = {cls.name: cls for cls in (Finetune, EWC, LwF, ExpertPerTask, Joint)}
+
+
+def method_options() -> dict[str, type]:
+    """Section name -> options dataclass, for config validation."""
+    return {name: cls.Options for name, cls in METHODS.items()}
+
+
+__all__ = ["METHODS", "Learner", "method_options"]

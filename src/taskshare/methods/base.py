@@ -1,0 +1,162 @@
+"""The learner interface (as in Mammoth: begin_task / observe / end_task) and the shared-backbone helper.
+
+A learner owns its network and a `TaskTensors` (the per-task-tensor core). The runner drives it:
+
+    for task in stream:
+        learner.begin_task(task, index)
+        for epoch ...: for x, y in batches: learner.observe(x, y)
+        learner.end_task(task)
+        accuracy of every seen task j: learner.predict(x, task_j)
+
+Offline learners (``offline = True``, e.g. joint training) get all tasks at once through
+`begin_all(tasks)` and `observe_mixed(x, y, task_ids)` instead.
+
+`state_dict()` / `load_state_dict()` hold everything that changes during training (tensors, optimizer
+moments, method state) as nested dicts of tensors, written pickle-free by `core.serialize`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from taskshare.core import TaskTensors
+from taskshare.engine.config import RunConfig
+from taskshare.models import HEAD_SLOTS, TaskNet, build_backbone, head_logits, new_head
+
+
+@dataclasses.dataclass
+class NoOptions:
+    """This method has no options of its own."""
+
+
+def task_seed(seed: int, index: int, salt: int = 0) -> int:
+    """A seed for task `index` of a run: fixed by (seed, index), so a resumed run draws the same numbers."""
+    return (seed * 1_000_003 + index * 7919 + salt * 104_729) % (2**63 - 1)
+
+
+def make_optimizer(params: Iterable[nn.Parameter], cfg: RunConfig) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def default_model(cfg: RunConfig, input_shape: tuple[int, ...]) -> str:
+    if cfg.model != "auto":
+        return cfg.model
+    return "resnet18" if len(input_shape) == 3 and input_shape[0] == 3 else "mlp"
+
+
+class Learner(ABC):
+    """Base of every learner: the interface plus checkpoint plumbing."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Options: ClassVar[type] = NoOptions
+    offline: ClassVar[bool] = False
+
+    def __init__(self, cfg: RunConfig, options: Any, input_shape: tuple[int, ...]):
+        self.cfg = cfg
+        self.options = options
+        self.input_shape = tuple(input_shape)
+        self.device = torch.device(cfg.device)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.tt: TaskTensors  # set by subclasses
+
+    @abstractmethod
+    def begin_task(self, task, index: int) -> None: ...
+
+    @abstractmethod
+    def observe(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One training step on a batch of the current task; returns the (detached) loss."""
+
+    def end_task(self, task) -> None:  # noqa: B027 - optional hook
+        pass
+
+    @abstractmethod
+    def predict(self, x: torch.Tensor, task: str) -> torch.Tensor:
+        """Logits of `task` for `x` (task-incremental: the task identity is given)."""
+
+    # -- checkpoints
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:  # noqa: B027
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tt": self.tt.state(),
+                "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+                "extra": self.extra_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tt.load_state(state["tt"])
+        if state["optimizer"] is not None and self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.load_extra_state(state["extra"])
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+
+
+class SharedBackboneLearner(Learner):
+    """A shared backbone and one head per task (slots `head.weight`, `head.bias`).
+
+    Subclasses change the loss through `regularizer()` and add state in `end_task`; the plain version is
+    fine-tuning.
+    """
+
+    def __init__(self, cfg: RunConfig, options: Any, input_shape: tuple[int, ...]):
+        super().__init__(cfg, options, input_shape)
+        backbone = build_backbone(default_model(cfg, input_shape), input_shape, task_seed(cfg.seed, 0, salt=1))
+        self.net = TaskNet(backbone).to(self.device)
+        self.tt = TaskTensors(self.net, HEAD_SLOTS)
+        self.current: str | None = None
+
+    def add_head(self, name: str, num_classes: int, index: int) -> None:
+        if name in self.tt:  # already restored from a checkpoint
+            return
+        gen = torch.Generator().manual_seed(task_seed(self.cfg.seed, index, salt=2))
+        head = new_head(self.net.backbone.out_dim, num_classes, gen)
+        self.tt.add_task(name, {k: v.to(self.device) for k, v in head.items()})
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return self.tt.shared_parameters(trainable_only=True) + self.tt.parameters(self.current)
+
+    def begin_task(self, task, index: int) -> None:
+        self.add_head(task.name, task.num_classes, index)
+        self.current = task.name
+        self.tt.activate(task.name)
+        self.optimizer = make_optimizer(self.trainable_parameters(), self.cfg)
+
+    def regularizer(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def observe(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.net.train()
+        with self.autocast():
+            features = self.net.features(x)
+            loss = F.cross_entropy(self.net.head(features).float(), y)
+            reg = self.regularizer(x, features)
+            if reg is not None:
+                loss = loss + reg
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    @torch.inference_mode()
+    def predict(self, x: torch.Tensor, task: str) -> torch.Tensor:
+        self.net.eval()
+        with self.autocast():
+            return head_logits(self.net.features(x), self.tt.tensors(task)).float()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.current = state["tt"]["active"]

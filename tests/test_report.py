@@ -1,0 +1,174 @@
+"""Loading results.json files, the comparison table and the PNG plots."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from taskshare.errors import TaskshareError
+from taskshare.results.report import comparison_table, find_results, plot_results, report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def make_result(benchmark="split_mnist", method="ewc", seed=0, **over):
+    r = {
+        "benchmark": benchmark,
+        "method": method,
+        "seed": seed,
+        "tasks": ["t0", "t1"],
+        "acc_matrix": [[0.9, None], [0.75, 0.875]],
+        "avg_acc": 0.8125,
+        "bwt": -0.15,
+        "fwt": None,
+        "forgetting": 0.15,
+        "params": {"base": 1000, "added_per_task": [0, 500], "total": 1500},
+        "artifact_bytes": {"t0": 12300, "t1": 12300},
+        "time_s": 12.34,
+        "peak_rss_mb": 512.0,
+        "config": {"lr": 0.1},
+        "versions": {"torch": "2.13.0"},
+    }
+    r.update(over)
+    return r
+
+
+def write(out: Path, method: str, data) -> Path:
+    d = out / method
+    d.mkdir(parents=True, exist_ok=True)
+    p = d / "results.json"
+    p.write_text(data if isinstance(data, str) else json.dumps(data))
+    return p
+
+
+@pytest.fixture
+def out(tmp_path):
+    o = tmp_path / "out"
+    write(o, "ewc", make_result())
+    write(o, "finetune", make_result(method="finetune", avg_acc=0.5, bwt=None, forgetting=None,
+                                     acc_matrix=[[0.9, None], [0.1, 0.9]],
+                                     params={"base": 1000, "added_per_task": [], "total": 1000},
+                                     artifact_bytes={}, peak_rss_mb=None))
+    write(o, "pnn", make_result(method="pnn", avg_acc=0.9, acc_matrix=[[0.9, None], [0.9, 0.9]], bwt=0.0,
+                                forgetting=0.0, params={"base": 1000, "added_per_task": [1000, 1200],
+                                                        "total": 3200}))
+    return o
+
+
+# ------------------------------------------------------------------ find_results
+
+def test_find_results_all_path_kinds(out):
+    assert [r["method"] for r in find_results([str(out)])] == ["ewc", "finetune", "pnn"]
+    one = find_results([out / "ewc"])
+    assert len(one) == 1 and one[0]["_path"] == str(out / "ewc" / "results.json")
+    assert find_results([str(out / "pnn" / "results.json")])[0]["method"] == "pnn"
+    # The same file reached twice is loaded once.
+    assert len(find_results([out, out / "ewc"])) == 3
+
+
+def test_find_results_empty_dir(tmp_path):
+    with pytest.raises(TaskshareError, match=r"no results.json under .*: run `taskshare run \.\.\. --out .*` first"):
+        find_results([str(tmp_path)])
+    with pytest.raises(TaskshareError, match="no results.json under"):
+        find_results([str(tmp_path / "missing")])
+
+
+def test_find_results_malformed_json(tmp_path):
+    p = write(tmp_path, "bad", "{not json")
+    with pytest.raises(TaskshareError, match=rf"{p}: malformed JSON") as e:
+        find_results([tmp_path])
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("key", ["avg_acc", "acc_matrix", "params", "versions"])
+def test_find_results_missing_key(tmp_path, key):
+    r = make_result()
+    del r[key]
+    p = write(tmp_path, "ewc", r)
+    with pytest.raises(TaskshareError, match=rf"{p}: key '{key}' is missing"):
+        find_results([tmp_path])
+
+
+def test_find_results_bad_values(tmp_path):
+    r = make_result()
+    del r["params"]["total"]
+    write(tmp_path, "a", r)
+    with pytest.raises(TaskshareError, match=r"key 'params.total' is missing"):
+        find_results([tmp_path])
+    write(tmp_path, "a", make_result(acc_matrix=[[90.0, None], [75.0, 87.5]]))
+    with pytest.raises(TaskshareError, match=r"key 'acc_matrix' is invalid \(.*not a fraction"):
+        find_results([tmp_path])
+    write(tmp_path, "a", make_result(tasks=["t0", "t1", "t2"]))
+    with pytest.raises(TaskshareError, match=r"'acc_matrix' has 2 rows but 'tasks' names 3"):
+        find_results([tmp_path])
+    write(tmp_path, "a", [1, 2])
+    with pytest.raises(TaskshareError, match="top level is not a JSON object"):
+        find_results([tmp_path])
+
+
+# ------------------------------------------------------------------ table
+
+def test_comparison_table(out):
+    table = comparison_table(find_results([out]))
+    lines = table.splitlines()
+    assert len(lines) == 2 + 3
+    assert "avg acc (%)" in lines[0] and "BWT (pts)" in lines[0] and "peak RSS (MB)" in lines[0]
+    assert "delta_m" not in lines[0]
+    rows = {line.split()[1]: line for line in lines[2:]}
+    ewc = rows["ewc"].split()
+    # benchmark method seed acc bwt forget total added artifact(2 tokens) time rss
+    assert ewc == ["split_mnist", "ewc", "0", "81.25", "-15.00", "15.00", "1,500", "250", "12.3", "KB",
+                   "12.3", "512.0"]
+    ft = rows["finetune"].split()
+    assert ft[3:6] == ["50.00", "-", "-"]
+    assert ft[6:] == ["1,000", "-", "-", "12.3", "-"]
+    assert rows["pnn"].split()[3:8] == ["90.00", "+0.00", "0.00", "3,200", "1,100"]
+    # Sorted by avg acc descending within the benchmark.
+    assert [line.split()[1] for line in lines[2:]] == ["pnn", "ewc", "finetune"]
+    # Columns are aligned: every line has the same width for the right-aligned last column.
+    assert len({len(line) for line in lines}) == 1
+
+
+def test_comparison_table_sort_by_benchmark_and_delta_m():
+    rs = [make_result(benchmark="b", method="x", avg_acc=0.9),
+          make_result(benchmark="a", method="y", avg_acc=0.1, delta_m=-3.25),
+          make_result(benchmark="a", method="z", avg_acc=None)]
+    lines = comparison_table(rs).splitlines()
+    assert [line.split()[:2] for line in lines[2:]] == [["a", "y"], ["a", "z"], ["b", "x"]]
+    assert lines[0].rstrip().endswith("delta_m (%)")
+    assert lines[2].endswith("-3.25") and lines[3].endswith("-")
+    assert lines[3].split()[3] == "-"  # null avg acc
+
+
+# ------------------------------------------------------------------ plots
+
+def test_plot_results_and_report(out, tmp_path):
+    results = find_results([out]) + [make_result(benchmark="perm_mnist", method="ewc", seed=s,
+                                                 _path="x") for s in (0, 1)]
+    files = plot_results(results, tmp_path / "plots")
+    names = sorted(p.name for p in files)
+    assert names == sorted([
+        "acc_matrix_split_mnist_ewc.png", "acc_matrix_split_mnist_finetune.png",
+        "acc_matrix_split_mnist_pnn.png", "task_accuracy_split_mnist.png", "params_split_mnist.png",
+        "acc_matrix_perm_mnist_ewc_s0.png", "acc_matrix_perm_mnist_ewc_s1.png",
+        "task_accuracy_perm_mnist.png", "params_perm_mnist.png",
+    ])
+    for p in files:
+        assert p.read_bytes()[:8] == PNG_SIGNATURE
+    # Atomic writes leave no temporary files behind.
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == names
+
+    # report(): plots go next to the results by default; the table and the file list are returned.
+    text = report([str(out)])
+    assert "81.25" in text and text.splitlines()[0].startswith("benchmark")
+    assert text.splitlines()[-1].startswith(f"wrote 5 plots to {out}: ")
+    assert (out / "params_split_mnist.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert len(list(out.glob("*.png"))) == 5
+
+
+def test_report_default_out_dir_for_file(out):
+    # Only the table path is exercised here; plotting is covered above.
+    f = out / "ewc" / "results.json"
+    text = report([str(f)])
+    assert (out / "ewc" / "acc_matrix_split_mnist_ewc.png").exists()
+    assert "wrote 3 plots" in text
