@@ -18,7 +18,7 @@ COLORS = {"cat": (255, 0, 0), "dog": (0, 255, 0), "emu": (0, 0, 255)}
 
 
 def _write_folder(root, per_class: int = 10, size=(5, 6), ext: str = ".png") -> None:
-    """root/<class>/<i>.png, every pixel of class k coloured COLORS[k] with its index in the green... channel."""
+    """root/<class>/<i>.png: every image filled with its class colour, pixel (0, 0) set to its index."""
     for name, color in COLORS.items():
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):

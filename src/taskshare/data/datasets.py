@@ -140,7 +140,10 @@ class TensorDataset:
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """The transform on a batch of raw ``x`` rows (always float32 out)."""
         out = self.transform(x) if self.transform is not None else x
-        return out.to(torch.float32)
+        out = out.to(torch.float32)
+        if out.data_ptr() == x.data_ptr() and out.numel():
+            out = out.clone()  # never hand out a view of the stored data
+        return out
 
     def batches(
         self,
