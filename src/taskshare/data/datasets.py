@@ -41,7 +41,9 @@ class ToFloat:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out = x.to(torch.float32)
-        return out * self.scale if self.scale != 1.0 else out
+        if self.scale == 1.0:
+            return out
+        return out.mul_(self.scale) if out.data_ptr() != x.data_ptr() else out * self.scale  # in place on the copy
 
     def __repr__(self) -> str:
         return f"ToFloat(scale={self.scale:g})"

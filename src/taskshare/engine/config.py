@@ -56,12 +56,21 @@ def _base_type(tp: Any) -> tuple[type, bool]:
     return (typing.get_origin(tp) or tp), False
 
 
+def _yaml_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
 def coerce(value: Any, tp: Any, key: str) -> Any:
     """Check/convert `value` to the annotated type `tp`; strings from `--set` are parsed as YAML scalars."""
     base, optional = _base_type(tp)
     if isinstance(value, str) and base is not str:
         try:
-            value = yaml.safe_load(value)
+            value = float(value) if base is float else yaml.safe_load(value)  # YAML reads 1e-3 as a string
+        except ValueError:
+            value = _yaml_scalar(value)
         except yaml.YAMLError:
             pass
     if value is None:

@@ -47,11 +47,16 @@ class NonFiniteGuard:
         return self.last
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move a batch only when needed (`.to` on the same device still costs a dispatch per call)."""
+    return t if t.device == device else t.to(device, non_blocking=True)
+
+
 def train_epoch(learner, dataset, batch_size: int, generator: torch.Generator, device: torch.device,
                 guard: NonFiniteGuard, progress=None) -> float:
     """One shuffled pass over `dataset` (a TensorDataset) through `learner.observe`."""
     for x, y in dataset.batches(batch_size, shuffle=True, generator=generator):
-        guard.add(learner.observe(x.to(device, non_blocking=True), y.to(device, non_blocking=True)))
+        guard.add(learner.observe(to_device(x, device), to_device(y, device)))
         if progress is not None:
             progress.update(1)
     return guard.flush()
@@ -83,7 +88,7 @@ def mixed_batches(datasets: Sequence, batch_size: int, generator: torch.Generato
 def train_mixed_epoch(learner, datasets: Sequence, batch_size: int, generator: torch.Generator,
                       device: torch.device, guard: NonFiniteGuard, progress=None) -> float:
     for x, y, tid in mixed_batches(datasets, batch_size, generator):
-        guard.add(learner.observe_mixed(x.to(device), y.to(device), tid.to(device)))
+        guard.add(learner.observe_mixed(to_device(x, device), to_device(y, device), to_device(tid, device)))
         if progress is not None:
             progress.update(1)
     return guard.flush()
@@ -94,7 +99,7 @@ def evaluate(learner, dataset, task_name: str, batch_size: int, device: torch.de
     correct = torch.zeros((), dtype=torch.long)
     total = 0
     for x, y in dataset.batches(batch_size, shuffle=False):
-        logits = learner.predict(x.to(device), task_name)
+        logits = learner.predict(to_device(x, device), task_name)
         correct += (logits.argmax(1).cpu() == y).sum()
         total += len(y)
     if total == 0:

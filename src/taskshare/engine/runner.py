@@ -5,7 +5,8 @@ For each method it writes ``OUT/<method>/``:
 - ``results.json``: benchmark, method, seed, tasks, acc_matrix (R[i][j]: test accuracy on task j after
   training task i; null for tasks not yet seen; offline learners such as joint have null rows before the
   last), avg_acc, bwt, fwt (null: undefined for task-incremental heads, which cannot predict unseen
-  tasks), forgetting, val_acc (validation accuracy of each task right after training it), params,
+  tasks), forgetting, val_acc and val_avg (validation accuracy of every task at the end: what to select
+  hyper-parameters on; nothing ever selects on test), params,
   artifact_bytes, time_s, peak_rss_mb, config, versions;
 - ``artifacts/base.safetensors`` (the shared tensors) and ``artifacts/<task>.{safetensors,json}`` (each
   task's own tensors, loadable alone onto the base);
@@ -106,7 +107,6 @@ def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benc
     device = learner.device
     T = len(tasks)
     rows: list[list[float | None]] = []
-    val_acc: list[float | None] = []
     next_task, next_epoch, elapsed = 0, 0, 0.0
     saved_state = None
     if resume and ckpt_path.exists():
@@ -115,7 +115,7 @@ def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benc
             raise ConfigError(f"checkpoint {ckpt_path} was made with other settings: resume with the same "
                               "benchmark, method and options, or run without --resume to start over")
         saved_state = ckpt["learner"]
-        rows, val_acc = ckpt["rows"], ckpt["val_acc"]
+        rows = ckpt["rows"]
         next_task, next_epoch, elapsed = ckpt["task"], ckpt["epoch"], ckpt["elapsed"]
         torch.set_rng_state(ckpt["rng"])
         learner.load_state_dict(saved_state)
@@ -126,7 +126,7 @@ def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benc
 
     def checkpoint(task_index: int, epoch: int) -> None:
         nonlocal last_ckpt
-        state = {"identity": identity, "learner": learner.state_dict(), "rows": rows, "val_acc": val_acc,
+        state = {"identity": identity, "learner": learner.state_dict(), "rows": rows,
                  "task": task_index, "epoch": epoch, "elapsed": time.perf_counter() - start,
                  "rng": torch.get_rng_state()}
         save_state(ckpt_path, state)
@@ -157,7 +157,6 @@ def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benc
                 if epoch + 1 < cfg.epochs and due():
                     checkpoint(0, epoch + 1)
         rows = [[None] * T for _ in range(T - 1)] + [evaluate_row(T - 1)]
-        val_acc = [evaluate(learner, t.val, t.name, cfg.eval_batch_size, device) for t in tasks]
     else:
         for i in range(next_task, T):
             task = tasks[i]
@@ -174,12 +173,13 @@ def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benc
                     if epoch + 1 < cfg.epochs and due():
                         checkpoint(i, epoch + 1)
             learner.end_task(task)
-            val_acc.append(evaluate(learner, task.val, task.name, cfg.eval_batch_size, device))
             rows.append(evaluate_row(i))
-            say(f"[{method}] task {i + 1}/{T} {task.name}: val {val_acc[-1]:.4f}, test on seen tasks "
+            say(f"[{method}] task {i + 1}/{T} {task.name}: test accuracy on seen tasks "
                 + " ".join(f"{a:.3f}" for a in rows[-1] if a is not None))
             checkpoint(i + 1, 0)
 
+    # validation accuracy of every task at the end: what hyper-parameters may be chosen on (never test)
+    val_acc = [evaluate(learner, t.val, t.name, cfg.eval_batch_size, device) for t in tasks]
     time_s = time.perf_counter() - start
     results = _results(learner, benchmark, method, cfg, names, rows, val_acc, time_s, run_dir)
     atomic_write_json(run_dir / "results.json", results)
@@ -215,7 +215,7 @@ def _results(learner, benchmark, method, cfg, names, rows, val_acc, time_s, run_
         "bwt": backward_transfer(rows) if complete else None,
         "fwt": None,
         "forgetting": forgetting(rows) if complete else None,
-        "val_acc": val_acc,
+        "val_acc": val_acc, "val_avg": sum(val_acc) / len(val_acc),
         "params": {"base": base, "added_per_task": added, "total": base + sum(added)},
         "artifact_bytes": sizes,
         "time_s": round(time_s, 3), "peak_rss_mb": round(peak_rss_mb(), 1),

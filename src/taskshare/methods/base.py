@@ -40,6 +40,12 @@ def task_seed(seed: int, index: int, salt: int = 0) -> int:
     return (seed * 1_000_003 + index * 7919 + salt * 104_729) % (2**63 - 1)
 
 
+def train_mode(net: nn.Module, mode: bool = True) -> None:
+    """net.train(mode), skipped when already set (it walks every submodule: measurable per step)."""
+    if net.training != mode:
+        net.train(mode)
+
+
 def make_optimizer(params: Iterable[nn.Parameter], cfg: RunConfig) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
     if cfg.optimizer == "adam":
@@ -139,7 +145,7 @@ class SharedBackboneLearner(Learner):
         return None
 
     def observe(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self.net.train()
+        train_mode(self.net)
         with self.autocast():
             features = self.net.features(x)
             loss = F.cross_entropy(self.net.head(features).float(), y)
@@ -153,7 +159,7 @@ class SharedBackboneLearner(Learner):
 
     @torch.inference_mode()
     def predict(self, x: torch.Tensor, task: str) -> torch.Tensor:
-        self.net.eval()
+        train_mode(self.net, False)
         with self.autocast():
             return head_logits(self.net.features(x), self.tt.tensors(task)).float()
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from taskshare.core import TaskTensors
-from taskshare.methods.base import Learner, default_model, make_optimizer, task_seed
+from taskshare.methods.base import train_mode, Learner, default_model, make_optimizer, task_seed
 from taskshare.models import TaskNet, build_backbone, new_head
 
 
@@ -42,7 +42,7 @@ class ExpertPerTask(Learner):
         self.tt.add_task(task.name, {k: v.to(self.device) for k, v in init.items()})
 
     def observe(self, x, y):
-        self.net.train()
+        train_mode(self.net)
         with self.autocast():
             loss = F.cross_entropy(self.net(x).float(), y)
         self.optimizer.zero_grad(set_to_none=True)
@@ -52,6 +52,6 @@ class ExpertPerTask(Learner):
 
     @torch.inference_mode()
     def predict(self, x, task):
-        self.net.eval()
+        train_mode(self.net, False)
         with self.tt.use(task), self.autocast():
             return self.net(x).float()

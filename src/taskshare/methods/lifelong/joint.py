@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from taskshare.methods.base import SharedBackboneLearner, make_optimizer
+from taskshare.methods.base import train_mode, SharedBackboneLearner, make_optimizer
 from taskshare.models import head_logits
 
 
@@ -35,7 +35,7 @@ class Joint(SharedBackboneLearner):
         return self.observe_mixed(x, y, torch.zeros_like(y))
 
     def observe_mixed(self, x: torch.Tensor, y: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
-        self.net.train()
+        train_mode(self.net)
         with self.autocast():
             features = self.net.features(x)
             loss = 0.0
