@@ -138,3 +138,9 @@ def test_killed_cli_run_resumes_to_identical_results(tmp_path):
     a = json.loads((tmp_path / "a" / "lwf" / "results.json").read_text())
     b = json.loads((tmp_path / "b" / "lwf" / "results.json").read_text())
     assert a["acc_matrix"] == b["acc_matrix"] and a["params"] == b["params"]
+
+
+def test_bf16_autocast_trains_and_reports_float_accuracies(stream, cfg, tmp_path):
+    cfg.precision = "bf16"
+    res = run_method(stream, "lwf", cfg, tmp_path)
+    assert res["config"]["precision"] == "bf16" and res["avg_acc"] > 0.6
