@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from taskshare import __version__
-from taskshare.core.artifacts import save_task
 from taskshare.core.serialize import atomic_write_json, load_state, read_json, save_state, save_tensors
 from taskshare.engine.config import RunConfig, check_options
 from taskshare.engine.loop import NonFiniteGuard, evaluate, train_epoch, train_mixed_epoch
@@ -194,7 +193,7 @@ def save_artifacts(learner, names: list[str], art_dir: Path) -> tuple[dict[str, 
     tt = learner.tt
     base = save_tensors(art_dir / "base.safetensors", tt.shared_named_tensors(),
                         {"base_fingerprint": tt.fingerprint()})
-    sizes = {name: save_task(tt, name, art_dir / _safe(name), meta={"method": learner.name}) for name in names}
+    sizes = {name: learner.save_artifact(name, art_dir / _safe(name)) for name in names}
     return sizes, base
 
 
@@ -205,7 +204,7 @@ def _safe(name: str) -> str:
 def _results(learner, benchmark, method, cfg, names, rows, val_acc, time_s, run_dir) -> dict[str, Any]:
     sizes, _ = save_artifacts(learner, names, run_dir / "artifacts")
     base = learner.tt.count_shared()
-    added = [learner.tt.count(n)["params"] for n in names]
+    added = [learner.added_parameters(n) for n in names]
     final = rows[-1]
     complete = all(rows[j][j] is not None for j in range(len(rows)))
     return {

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from taskshare.core import TaskTensors
+from taskshare.core import TaskTensors, save_task
 from taskshare.engine.config import RunConfig
 from taskshare.models import HEAD_SLOTS, TaskNet, build_backbone, head_logits, new_head
 
@@ -88,6 +88,15 @@ class Learner(ABC):
     @abstractmethod
     def predict(self, x: torch.Tensor, task: str) -> torch.Tensor:
         """Logits of `task` for `x` (task-incremental: the task identity is given)."""
+
+    # -- accounting and artifacts (methods that store less than their whole task set override these)
+    def added_parameters(self, task: str) -> int:
+        """Parameters `task` adds to the shared base."""
+        return self.tt.count(task)["params"]
+
+    def save_artifact(self, task: str, path) -> int:
+        """Write `task`'s artifact (safetensors + JSON) at `path`; returns the bytes written."""
+        return save_task(self.tt, task, path, meta={"method": self.name})
 
     # -- checkpoints
     def extra_state(self) -> dict[str, Any]:

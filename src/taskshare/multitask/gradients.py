@@ -149,6 +149,8 @@ def per_task_gradients(losses: Sequence[Tensor], params: Sequence[Tensor], mode:
         raise ConfigError("per_task_gradients needs at least one loss and one parameter")
     if any(p.dtype != params[0].dtype for p in params):
         raise ConfigError("per_task_gradients needs parameters of one dtype; cast the model (e.g. .double())")
+    if any(loss.numel() != 1 for loss in losses):
+        raise ConfigError("per_task_gradients needs one scalar loss per task; reduce each loss (e.g. .mean())")
     layout = layout or FlatLayout.of(params)
     K = len(losses)
     if out is None:

@@ -65,7 +65,8 @@ def detect_sharing(model: nn.Module, losses: Mapping[str, Tensor] | None = None,
     listed = shared_o + [n for v in spec_o.values() for n in v]
     for n in listed:
         if n not in known:
-            raise ConfigError(f"sharing override names unknown parameter {n!r}; use names from model.named_parameters()")
+            raise ConfigError(f"sharing override names unknown parameter {n!r}; "
+                              "use names from model.named_parameters()")
     if len(set(listed)) != len(listed):
         dup = next(n for n in listed if listed.count(n) > 1)
         raise ConfigError(f"parameter {dup!r} is listed twice in the sharing override; give it one role")

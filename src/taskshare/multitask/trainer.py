@@ -1,0 +1,227 @@
+"""One multi-output optimisation step for any method in ``METHODS``, usable in any training loop.
+
+    trainer = MultiTaskTrainer(model, {"a": mse, "b": ce}, "adatask", optimizer="adam", lr=1e-3)
+    for x, ys in loader:
+        losses = trainer.step(x, ys)        # {task: float}
+    trainer.end_epoch()                      # DWA's epoch-average losses
+
+On the first batch the sharing is detected from the autograd graph (``detect_sharing``; pass ``sharing=``
+to override) and the optimizer is built (``prepare(x, ys)`` does this without stepping, e.g. before
+attaching an LR scheduler to ``trainer.optimizer``). What each method does with the K losses L_k:
+
+- ew / uw / dwa / gradnorm: one backward of the weighted sum sum_k w_k L_k (w = 1; UW's learned
+  precisions; DWA's epoch weights; GradNorm's weights from per-task gradient norms on
+  ``model.last_shared_parameters()``), then the base optimizer (``optimizer=`` adam | sgd | rmsprop | adagrad).
+- pcgrad / mgda / cagrad: the K x D per-task gradients G of the shared parameters (``per_task_gradients``),
+  the aggregator's D-vector written into the shared ``.grad``; each head gets its own task's gradient
+  (backward of sum_k L_k restricted to the task-specific parameters, as in Sener & Koltun Alg. 2); then
+  the base optimizer. ``mgda`` with ``ub=True`` is MGDA-UB: the weights come from the gradients w.r.t. the
+  encoder output z and the shared parameters get the gradient of sum_k a_k L_k (one backward).
+- adatask / adatask+pcgrad: G and the heads' gradient of sum_k L_k go to the AdaTask optimizer of the
+  variant named by ``optimizer=`` (adam | rmsprop | adagrad).
+
+``recorder=`` (an ``AURecorder``) receives each step's per-task gradients of the (weighted) losses; for
+pcgrad / mgda / cagrad these are the gradients before combination.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from taskshare.errors import ConfigError
+from taskshare.multitask.adatask import VARIANTS, make_adatask
+from taskshare.multitask.aggregators import cagrad, mgda, mgda_ub_weights, pcgrad
+from taskshare.multitask.au import AURecorder
+from taskshare.multitask.gradients import GRAD_MODES, choose_mode, per_task_gradients, write_grads
+from taskshare.multitask.model import MultiOutputNet
+from taskshare.multitask.sharing import Sharing, detect_sharing
+from taskshare.multitask.weighting import DWA, GradNorm, UncertaintyWeighting
+
+__all__ = ["METHODS", "METHOD_OPTIONS", "MultiTaskTrainer"]
+
+METHODS: dict[str, str] = {
+    "ew": "equal weighting: one backward of the summed task losses",
+    "uw": "uncertainty weighting (Kendall et al. 2018): learned task log-variances",
+    "dwa": "dynamic weight average (Liu et al. 2019): weights from the last two epochs' loss ratios",
+    "gradnorm": "GradNorm (Chen et al. 2018): weights balance gradient norms on the last shared layer",
+    "pcgrad": "PCGrad (Yu et al. 2020): project out conflicting components of task gradients",
+    "mgda": "MGDA (Sener & Koltun 2018): min-norm combination of task gradients (ub=True: MGDA-UB)",
+    "cagrad": "CAGrad (Liu et al. 2021): conflict-averse direction near the mean gradient",
+    "adatask": "AdaTask (Yang et al. 2023): per-task adaptive accumulators for shared parameters",
+    "adatask+pcgrad": "AdaTask on PCGrad-projected task gradients",
+}
+
+METHOD_OPTIONS: dict[str, dict[str, Any]] = {
+    "ew": {},
+    "uw": {"kinds": "regression"},
+    "dwa": {"T": 2.0},
+    "gradnorm": {"alpha": 1.5, "lr": 0.025},
+    "pcgrad": {},
+    "mgda": {"ub": False, "normalize": "none"},
+    "cagrad": {"c": 0.5, "rescale": 0, "solver": "exact"},
+    "adatask": {"missing": "skip"},
+    "adatask+pcgrad": {"missing": "skip", "pcgrad_on": "gradients"},
+}
+
+_BASE = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop,
+         "adagrad": torch.optim.Adagrad}
+_GRADIENT_METHODS = ("pcgrad", "mgda", "cagrad", "adatask", "adatask+pcgrad")
+
+
+class MultiTaskTrainer:
+    def __init__(self, model: MultiOutputNet, loss_fns: Mapping[str, Callable[[Tensor, Tensor], Tensor]],
+                 method: str = "ew", *, optimizer: str = "adam", lr: float = 1e-3, weight_decay: float = 0.0,
+                 options: Mapping[str, Any] | None = None, grad_mode: str = "auto",
+                 sharing: Sharing | None = None, seed: int = 0, recorder: AURecorder | None = None):
+        if method not in METHODS:
+            raise ConfigError(f"unknown multi-task method {method!r}; use one of {', '.join(METHODS)}")
+        adatask = method.startswith("adatask")
+        if adatask and optimizer not in VARIANTS:
+            raise ConfigError(f"AdaTask variant {optimizer!r} unknown; use one of {', '.join(VARIANTS)}")
+        if not adatask and optimizer not in _BASE:
+            raise ConfigError(f"unknown optimizer {optimizer!r}; use one of {', '.join(_BASE)}")
+        if grad_mode not in GRAD_MODES:
+            raise ConfigError(f"unknown grad_mode {grad_mode!r}; use one of {', '.join(GRAD_MODES)}")
+        if set(loss_fns) != set(model.tasks):
+            raise ConfigError(f"loss_fns name tasks {sorted(loss_fns)} but the model's heads are "
+                              f"{sorted(model.tasks)}; give one loss function per head")
+        opts = dict(METHOD_OPTIONS[method])
+        for k, v in (options or {}).items():
+            if k not in opts:
+                known = ", ".join(opts) or "none"
+                raise ConfigError(f"unknown option {k!r} for method {method}; known options: {known}")
+            opts[k] = v
+        self.model, self.loss_fns, self.method, self.opts = model, dict(loss_fns), method, opts
+        self.tasks = model.tasks
+        self.optimizer_name, self.lr, self.weight_decay = optimizer, lr, weight_decay
+        self.grad_mode = choose_mode(model) if grad_mode == "auto" else grad_mode
+        self.sharing, self.recorder = sharing, recorder
+        self.generator = torch.Generator().manual_seed(seed)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.last_weights: list[float] | None = None
+        K = len(self.tasks)
+        self.weighting = (UncertaintyWeighting(K, opts["kinds"]) if method == "uw" else
+                          DWA(K, opts["T"]) if method == "dwa" else
+                          GradNorm(K, opts["alpha"], opts["lr"]) if method == "gradnorm" else None)
+        if method == "uw":
+            p = next(model.parameters())
+            self.weighting.to(device=p.device, dtype=p.dtype)
+
+    # ------------------------------------------------------------ setup
+
+    def _forward(self, x: Tensor, targets: Mapping[str, Tensor]) -> tuple[Tensor, list[Tensor]]:
+        z = self.model.encode(x)
+        outs = self.model.decode(z)
+        losses = [self.loss_fns[t](outs[t], targets[t]) for t in self.tasks]
+        for t, loss in zip(self.tasks, losses):
+            if loss.dim() != 0:
+                raise ConfigError(f"loss of task {t!r} has shape {tuple(loss.shape)}; return a scalar (reduce it)")
+        return z, losses
+
+    def _build(self, losses: list[Tensor]) -> None:
+        if self.sharing is None:
+            self.sharing = detect_sharing(self.model, dict(zip(self.tasks, losses)))
+        self.shared = self.sharing.shared_params(self.model)
+        self.task_params = self.sharing.task_params(self.model)
+        if self.method in _GRADIENT_METHODS and not self.shared:
+            raise ConfigError(f"{self.method} needs shared parameters but no parameter is reached by two tasks; "
+                              "check the model or pass sharing=")
+        kw = dict(lr=self.lr, weight_decay=self.weight_decay)
+        if self.method.startswith("adatask"):
+            pc = self.opts["pcgrad_on"] if self.method == "adatask+pcgrad" else None
+            self.optimizer = make_adatask(self.optimizer_name, self.shared, self.task_params, len(self.tasks),
+                                          missing=self.opts["missing"], pcgrad=pc, generator=self.generator, **kw)
+        else:
+            extra = list(self.weighting.parameters()) if self.method == "uw" else []
+            self.optimizer = _BASE[self.optimizer_name](self.shared + self.task_params + extra, **kw)
+
+    def prepare(self, x: Tensor, targets: Mapping[str, Tensor]) -> Sharing:
+        """Detect the sharing on one batch and build ``self.optimizer`` without stepping."""
+        if self.optimizer is None:
+            self._build(self._forward(x, targets)[1])
+        return self.sharing
+
+    # ------------------------------------------------------------ the step
+
+    def _grads(self, losses: list[Tensor], params: list[Tensor]) -> Tensor:
+        return per_task_gradients(losses, params, self.grad_mode, retain_graph=True)
+
+    def _heads_backward(self, losses: list[Tensor]) -> None:
+        if self.task_params:
+            torch.stack(losses).sum().backward(inputs=self.task_params)
+
+    def step(self, x: Tensor, targets: Mapping[str, Tensor]) -> dict[str, float]:
+        """One optimisation step on the batch; returns each task's loss."""
+        z, losses = self._forward(x, targets)
+        if self.optimizer is None:
+            self._build(losses)
+        self.optimizer.zero_grad(set_to_none=True)
+        L = torch.stack(losses)
+        m, G = self.method, None
+        if m in ("ew", "uw", "dwa", "gradnorm"):
+            if m == "ew":
+                w = torch.ones_like(L)
+            elif m == "uw":
+                w = self.weighting.weights().to(L)
+            elif m == "dwa":
+                w = self.weighting.weights().to(L)
+                self.weighting.observe(L)
+            else:
+                norms = self._grads(losses, self.model.last_shared_parameters()).norm(dim=1)
+                w = self.weighting.update(L, norms).to(L)
+            if self.recorder is not None and self.shared:
+                G = self._grads(losses, self.shared) * w[:, None]
+            total = self.weighting(L) if m == "uw" else (w * L).sum()
+            total.backward()
+            self.optimizer.step()
+        elif m in ("pcgrad", "mgda", "cagrad"):
+            if m == "mgda" and self.opts["ub"]:
+                a = mgda_ub_weights(self._grads(losses, [z]), self.opts["normalize"]).to(L)
+                (a * L).sum().backward(inputs=self.shared, retain_graph=True)
+                w = a
+                if self.recorder is not None:
+                    G = self._grads(losses, self.shared)
+            else:
+                G = self._grads(losses, self.shared)
+                if m == "pcgrad":
+                    d = pcgrad(G, self.generator)
+                elif m == "mgda":
+                    d = mgda(G, self.opts["normalize"])
+                else:
+                    d = cagrad(G, self.opts["c"], self.opts["rescale"], self.opts["solver"])
+                write_grads(self.shared, d)
+                w = None
+            self._heads_backward(losses)
+            self.optimizer.step()
+        else:
+            G = per_task_gradients(losses, self.shared, self.grad_mode, retain_graph=bool(self.task_params))
+            self._heads_backward(losses)
+            self.optimizer.step(G, self.sharing.reach_matrix())
+            w = None
+        self.last_weights = None if w is None else w.detach().tolist()
+        if self.recorder is not None and G is not None:
+            self.recorder.update(G)
+        return dict(zip(self.tasks, L.detach().tolist()))
+
+    def end_epoch(self) -> None:
+        """Close a training epoch (DWA uses the epoch's average losses); a no-op for other methods."""
+        if self.method == "dwa":
+            self.weighting.end_epoch()
+
+    # ------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict:
+        if self.optimizer is None:
+            raise ConfigError("nothing to save before the first step; call prepare(x, targets) or step first")
+        ws = self.weighting.state_dict() if self.weighting is not None else None
+        return {"optimizer": self.optimizer.state_dict(), "weighting": ws}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.optimizer is None:
+            raise ConfigError("build the optimizer before loading: call prepare(x, targets) first")
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.weighting is not None:
+            self.weighting.load_state_dict(state["weighting"])

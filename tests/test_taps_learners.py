@@ -1,0 +1,242 @@
+"""TAPS learners: sequential isolation, frozen base, warm-up, joint and two-stage, runner resume, reports."""
+from __future__ import annotations
+
+import hashlib
+import warnings
+
+import pytest
+import torch
+
+from taskshare.core.serialize import load_tensors
+from taskshare.engine.config import RunConfig, check_options
+from taskshare.engine.runner import run_method
+from taskshare.errors import ConfigError
+from taskshare.methods import METHODS
+from taskshare.methods.taps import Taps, TapsJoint, TapsTwoStage, active_layers, import_task
+from taskshare.methods.taps_report import format_summary, layer_table, plot_layers, summary
+
+from conftest import make_stream
+
+LEARNERS = {cls.name: cls for cls in (Taps, TapsJoint, TapsTwoStage)}
+
+
+@pytest.fixture(autouse=True)
+def quiet_warmup_warning():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*sparsity penalty never switches on")
+        yield
+
+
+@pytest.fixture
+def registered(monkeypatch):
+    for name, cls in LEARNERS.items():
+        monkeypatch.setitem(METHODS, name, cls)
+
+
+def fit(learner, task, index, cfg, seed=0):
+    learner.begin_task(task, index)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(cfg.epochs):
+        for x, y in task.train.batches(cfg.batch_size, shuffle=True, generator=g):
+            learner.observe(x, y)
+    learner.end_task(task)
+
+
+def logits(learner, task):
+    return learner.predict(task.test.to_tensors()[0], task.name)
+
+
+def base_hash(tt) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(tt.shared_named_tensors().items()):
+        h.update(name.encode() + t.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_options_from_set_and_one_line_errors():
+    o = check_options(Taps.Options, {"lambda": "0.5", "penalty": "size-weighted", "layer_types": "[Linear]"}, "taps")
+    assert (o.lambda_, o.penalty, o.layer_types, o.warmup_epochs, o.tau) == (0.5, "size-weighted", ("Linear",), 3, 0.1)
+    for values, message in [({"penalty": "l2"}, "taps.penalty='l2' is unknown"),
+                            ({"tau": "0"}, "taps.tau must be > 0"),
+                            ({"lambda": "-1"}, "taps.lambda must be >= 0"),
+                            ({"layer_types": "[Embedding]"}, "taps.layer_types has 'Embedding'"),
+                            ({"backbone": "random"}, "taps.backbone='random' is not valid")]:
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")) as e:
+            check_options(Taps.Options, values, "taps")
+        assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="taps-joint.backbone='first-task'"):
+        check_options(TapsJoint.Options, {"backbone": "first-task"}, "taps-joint")
+
+
+def test_sequential_first_task_is_the_base_and_earlier_tasks_stay_bit_identical(stream, cfg):
+    opts = Taps.Options(lambda_=0.5, warmup_epochs=0)
+    learner = Taps(cfg, opts, stream[0].input_shape)
+    fit(learner, stream[0], 0, cfg)
+    assert active_layers(learner.tt, "t0") == []  # the first task trained the base: no deltas
+    acc0 = (logits(learner, stream[0]).argmax(1) == stream[0].test.y).float().mean()
+    assert acc0 > 0.7
+    frozen = base_hash(learner.tt)
+    fingerprint = learner.tt.fingerprint()
+    kept = {t.name: (logits(learner, t), {k: v.clone() for k, v in learner.tt.tensors(t.name).items()})
+            for t in stream.tasks[:1]}
+    for i, task in enumerate(stream.tasks[1:], start=1):
+        fit(learner, task, i, cfg, seed=i)
+        for name, (out, tensors) in kept.items():
+            t = stream[name]
+            assert torch.equal(logits(learner, t), out)
+            assert all(torch.equal(learner.tt.tensors(name)[k], v) for k, v in tensors.items())
+        kept[task.name] = (logits(learner, task), {k: v.clone() for k, v in learner.tt.tensors(task.name).items()})
+    assert base_hash(learner.tt) == frozen and learner.tt.fingerprint() == fingerprint
+    # later tasks started their norms... and learned deltas of their own
+    assert all(learner.tt.tensors("t1")[f"{n}.delta"].abs().sum() > 0 for n in active_layers(learner.tt, "t1"))
+
+
+def test_frozen_model_backbone_is_unchanged_and_weight_decay_spares_scores(stream, cfg):
+    cfg.weight_decay = 0.1
+    learner = Taps(cfg, Taps.Options(backbone="model", warmup_epochs=0), stream[0].input_shape)
+    before = base_hash(learner.tt)
+    fit(learner, stream[0], 0, cfg)
+    assert base_hash(learner.tt) == before
+    scores = {id(t) for n, t in learner.tt.tensors("t0").items() if n.endswith((".score", ".delta", ".delta_bias"))}
+    for group in learner.optimizer.param_groups:
+        ids = {id(p) for p in group["params"]}
+        assert group["weight_decay"] == (0.0 if ids & scores else 0.1)
+        assert not ids & scores or ids <= scores
+
+
+def test_huge_lambda_switches_every_layer_off_to_the_base_function(stream, cfg):
+    # "very large" relative to the data gradient, but with the L1 step lr·λ/52 = 0.019 below tau: a step
+    # larger than tau makes the subgradient hop over zero and back above tau (see the module docstring)
+    cfg.model, cfg.momentum = "cnn", 0.0
+    learner = Taps(cfg, Taps.Options(lambda_=20.0, warmup_epochs=0, backbone="model"), stream[0].input_shape)
+    fit(learner, stream[0], 0, cfg)
+    assert active_layers(learner.tt, "t0") == []
+    learner.tt.activate("t0")
+    for layer in learner.layers:
+        m = learner.net.get_submodule(layer)
+        x = torch.randn(2, 64) if layer.endswith("fc.0") else torch.randn(2, m.in_channels, 6, 6)
+        base = torch.nn.functional.linear(x, m.weight, m.bias) if layer.endswith("fc.0") else \
+            m._conv_forward(x, m.weight, m.bias)
+        assert torch.equal(m(x), base)
+
+
+def test_warmup_counts_samples_into_epochs(stream, cfg):
+    cfg.batch_size = 7  # 96 samples: 13 full batches and one of 5
+    learner = Taps(cfg, Taps.Options(backbone="model", warmup_epochs=1), stream[0].input_shape)
+    calls = []
+    original = learner.penalty
+    learner.penalty = lambda task: (calls.append(learner.epoch), original(task))[1]
+    fit(learner, stream[0], 0, cfg)
+    assert learner.seen == 2 * 96 and learner.epoch == 2
+    assert calls == [1] * 14  # no penalty in epoch 0, every step of epoch 1
+
+
+def test_warmup_longer_than_training_warns(stream, cfg):
+    learner = Taps(cfg, Taps.Options(backbone="model"), stream[0].input_shape)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        learner.begin_task(stream[0], 0)
+    assert any("never switches on" in str(w.message) for w in caught)
+
+
+def test_export_of_a_trained_learner_round_trips_onto_a_fresh_base(stream, cfg, tmp_path):
+    opts = Taps.Options(backbone="model", lambda_=5.0, warmup_epochs=0)
+    learner = Taps(cfg, opts, stream[0].input_shape)
+    fit(learner, stream[0], 0, cfg)
+    with torch.no_grad():  # make sure one layer is off, one on
+        learner.tt.tensors("t0")[f"{learner.layers[0]}.score"].fill_(0.0)
+        learner.tt.tensors("t0")[f"{learner.layers[1]}.score"].fill_(0.5)
+    expected = logits(learner, stream[0])
+    size = learner.save_artifact("t0", tmp_path / "t0")
+    tensors, _ = load_tensors(tmp_path / "t0.safetensors")
+    assert f"{learner.layers[0]}.delta" not in tensors and f"{learner.layers[1]}.delta" in tensors
+    fresh = Taps(cfg, opts, stream[0].input_shape)  # same seed: same base
+    import_task(fresh, tmp_path / "t0")
+    assert torch.equal(logits(fresh, stream[0]), expected)
+    assert torch.equal(fresh.merged_model("t0")(stream[0].test.to_tensors()[0]), expected)
+    n_first = learner.tt.tensors("t0")[f"{learner.layers[0]}.delta"].numel()
+    assert learner.added_parameters("t0") == sum(
+        t.numel() for k, t in learner.tt.tensors("t0").items() if learner.tt.is_param(k)) - n_first - 400
+    assert size < 4 * sum(t.numel() for t in learner.tt.tensors("t0").values())
+
+
+def test_joint_trains_the_shared_base_and_only_the_present_tasks(stream, cfg):
+    learner = TapsJoint(cfg, None, stream[0].input_shape)
+    learner.begin_all(stream.tasks)
+    before = base_hash(learner.tt)
+    t0 = {k: v.clone() for k, v in learner.tt.tensors("t0").items()}
+    x, y = stream[1].train.to_tensors()
+    learner.observe_mixed(x, y, torch.ones_like(y))
+    assert base_hash(learner.tt) != before  # the base is trained jointly
+    assert all(torch.equal(learner.tt.tensors("t0")[k], v) for k, v in t0.items())
+    assert not torch.equal(learner.tt.tensors("t1")["head.weight"], learner.tt.base_tensors()["head.weight"])
+
+
+def test_two_stage_trains_the_base_with_heads_then_freezes_it(stream, cfg):
+    cfg.epochs = 3
+    learner = TapsTwoStage(cfg, TapsTwoStage.Options(joint_epochs=1, warmup_epochs=0), stream[0].input_shape)
+    learner.begin_all(stream.tasks)
+    xs = [t.train.to_tensors() for t in stream.tasks]
+    x, y = torch.cat([a for a, _ in xs]), torch.cat([b for _, b in xs])
+    ids = torch.repeat_interleave(torch.arange(3), torch.tensor([len(b) for _, b in xs]))
+    start = base_hash(learner.tt)
+    learner.observe_mixed(x, y, ids)  # one full-batch epoch: stage 1
+    assert learner.stage == 1 and base_hash(learner.tt) != start
+    assert all(torch.count_nonzero(learner.tt.tensors("t0")[f"{n}.delta"]) == 0 for n in learner.layers)
+    stage1 = base_hash(learner.tt)
+    learner.observe_mixed(x, y, ids)  # stage 2: per-task TAPS on the frozen base
+    assert learner.stage == 2 and base_hash(learner.tt) == stage1
+    assert all(torch.count_nonzero(learner.tt.tensors(t)[f"{learner.layers[0]}.delta"]) > 0 for t in ("t0", "t2"))
+    with pytest.raises(ConfigError, match="needs more epochs"):
+        TapsTwoStage(cfg, TapsTwoStage.Options(joint_epochs=3), stream[0].input_shape).begin_all(stream.tasks)
+
+
+@pytest.mark.parametrize("method, model, stop_at, extra", [
+    ("taps", "mlp", 2, {}),                             # mid task 0, while it trains the base
+    ("taps", "cnn", 4, {}),                             # mid task 1: TAPS on the frozen base, penalty on
+    ("taps-joint", "mlp", 2, {}),
+    ("taps-two-stage", "cnn", 1, {"joint_epochs": 2}),  # inside the joint stage: its shared norms restored
+    ("taps-two-stage", "mlp", 2, {}),                   # inside the TAPS stage
+])
+def test_runner_resume_equals_uninterrupted(method, model, stop_at, extra, registered, cfg, tmp_path):
+    cfg.checkpoint_minutes = 0.0  # a checkpoint at every epoch end and every task end
+    cfg.epochs, cfg.model = 3, model
+    cfg.methods = {method: {"warmup_epochs": 1, "lambda": 2.0, **extra}}
+    full = run_method(make_stream(3), method, cfg, tmp_path / "full")
+    assert full["avg_acc"] > 0.5
+
+    class Interrupt(Exception):
+        pass
+
+    seen = []
+
+    def crash(path):
+        seen.append(path)
+        if len(seen) == stop_at:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_method(make_stream(3), method, cfg, tmp_path / "cut", on_checkpoint=crash)
+    resumed = run_method(make_stream(3), method, cfg, tmp_path / "cut", resume=True)
+    assert resumed["acc_matrix"] == full["acc_matrix"] and resumed["val_acc"] == full["val_acc"]
+    for name in ("t0", "t1", "t2"):
+        a, _ = load_tensors(tmp_path / "full" / method / "artifacts" / f"{name}.safetensors")
+        b, _ = load_tensors(tmp_path / "cut" / method / "artifacts" / f"{name}.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_report_counts_and_png(stream, cfg, tmp_path):
+    learner = Taps(cfg, Taps.Options(), stream[0].input_shape)
+    fit(learner, stream[0], 0, cfg)
+    learner.begin_task(stream[1], 1)  # all layers active at init
+    rows = layer_table(learner, "t1")
+    assert [r["layer"] for r in rows] == ["backbone.net.1", "backbone.net.3"]
+    assert [r["params"] for r in rows] == [36 * 400 + 400, 400 * 400 + 400] and all(r["active"] for r in rows)
+    s = summary(learner)
+    assert s["t0"]["active"] == 0 and s["t0"]["changed_params"] == 0 and s["t0"]["added_params"] == 2 + 3 * 400 + 3
+    assert s["t1"]["fraction_changed"] == 1.0 and s["t1"]["fraction_layers"] == 1.0
+    assert s["t1"]["added_params"] == learner.added_parameters("t1")
+    assert "t1" in format_summary(s)
+    out = plot_layers(learner, tmp_path / "layers.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["layers.png"]
