@@ -46,6 +46,17 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="benchmarks and methods, with one-line descriptions")
 
+    rel = sub.add_parser("relatedness", help="task-relatedness matrix of a stream (PAR's estimator) + heatmap")
+    rel.add_argument("benchmark")
+    rel.add_argument("--out", default=None, help="where to write relatedness.png/json (default: runs/<benchmark>)")
+    rel.add_argument("--extractor", default="auto", choices=("auto", "mobilenetv2", "raw"),
+                     help="features: the ImageNet MobileNetV2 (auto falls back to raw pixels without it)")
+    rel.add_argument("--loo", action="store_true", help="leave-one-out prototypes (corrects the sample-size bias)")
+    rel.add_argument("--zero-is-unrelated", action="store_true", help="official quirk: s = 0 counts as 1")
+    rel.add_argument("--image-size", type=int, default=None)
+    rel.add_argument("--seed", type=int, default=0)
+    rel.add_argument("--set", dest="sets", action="append", default=[], metavar="benchmark.KEY=VALUE")
+
     rep = sub.add_parser("report", help="comparison table and PNG plots from result directories")
     rep.add_argument("paths", nargs="+", help="results.json files, run directories or output directories")
     rep.add_argument("--plots", default=None, help="where to write the PNGs (default: next to the results)")
@@ -109,6 +120,21 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_relatedness(args) -> int:
+    from taskshare.data import build_benchmark
+    from taskshare.engine.config import parse_set
+    from taskshare.methods.par.relatedness import relatedness_report
+
+    raw = parse_set(args.sets)
+    if set(raw) - {"benchmark"}:
+        raise TaskshareError("taskshare relatedness takes only benchmark options: --set benchmark.KEY=VALUE")
+    stream = build_benchmark(args.benchmark, seed=args.seed, options=raw.get("benchmark", {}))
+    out = Path(args.out or Path("runs") / args.benchmark.replace(":", "_").replace("/", "_"))
+    relatedness_report(stream, out, extractor=args.extractor, loo=args.loo,  # prints the matrix itself
+                       zero_is_unrelated=args.zero_is_unrelated, image_size=args.image_size)
+    return 0
+
+
 def cmd_report(args) -> int:
     from taskshare.results.report import report
 
@@ -119,7 +145,8 @@ def cmd_report(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "list": cmd_list, "report": cmd_report}[args.command](args)
+        commands = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "relatedness": cmd_relatedness}
+        return commands[args.command](args)
     except TaskshareError as e:
         print(f"taskshare: error: {e}", file=sys.stderr)
         return 2

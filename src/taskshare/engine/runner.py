@@ -219,4 +219,5 @@ def _results(learner, benchmark, method, cfg, names, rows, val_acc, time_s, run_
         "artifact_bytes": sizes,
         "time_s": round(time_s, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
         "config": cfg.to_dict(), "versions": versions(),
+        **learner.extra_results(),
     }

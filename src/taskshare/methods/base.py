@@ -98,6 +98,10 @@ class Learner(ABC):
         """Write `task`'s artifact (safetensors + JSON) at `path`; returns the bytes written."""
         return save_task(self.tt, task, path, meta={"method": self.name})
 
+    def extra_results(self) -> dict[str, Any]:
+        """Method-specific entries for results.json (e.g. PAR's per-task `decisions`)."""
+        return {}
+
     # -- checkpoints
     def extra_state(self) -> dict[str, Any]:
         return {}
