@@ -8,14 +8,20 @@ from torch import nn
 
 from taskshare.core import TaskTensors, load_task, save_task
 from taskshare.engine.config import RunConfig
-from taskshare.methods import METHODS
+from taskshare.methods import METHODS, PATCH_ALIASES
 from taskshare.methods.lifelong.ewc import EWC, diagonal_fisher
 from taskshare.methods.lifelong.lwf import distillation
 from taskshare.models import TaskNet
 
 # PAR has no single base network (each expert is its own TaskTensors; see methods/par/tensors.py), so the
 # base-model invariants below do not apply to it; tests/test_par_*.py check its isolation and accounting.
-SINGLE_BASE = [m for m in METHODS if m != "par"]
+SINGLE_BASE = [m for m in METHODS if m != "par" and m not in PATCH_ALIASES]  # aliases = `patches` + fixed kinds
+
+
+def options(method):
+    """Default options, except that patches run on the small CNN (the fixture's MLP has no norm layers)."""
+    cls = METHODS[method]
+    return cls.Options(backbone="cnn") if method.startswith("patches") else cls.Options()
 SEQUENTIAL = [m for m in SINGLE_BASE if not METHODS[m].offline]
 
 
@@ -36,7 +42,7 @@ def predictions(learner, task):
 @pytest.mark.parametrize("method", SEQUENTIAL)
 def test_learner_learns_and_keeps_earlier_heads_or_experts(method, stream, cfg):
     cls = METHODS[method]
-    learner = cls(cfg, cls.Options(), stream[0].input_shape)
+    learner = cls(cfg, options(method), stream[0].input_shape)
     train(learner, stream[0], 0, cfg)
     head0 = {k: v.clone() for k, v in learner.tt.tensors("t0").items()}
     out0 = predictions(learner, stream[0])
@@ -56,7 +62,7 @@ def test_learner_learns_and_keeps_earlier_heads_or_experts(method, stream, cfg):
 @pytest.mark.parametrize("method", SINGLE_BASE)
 def test_artifact_round_trip_reproduces_predictions(method, stream, cfg, tmp_path):
     cls = METHODS[method]
-    learner = cls(cfg, cls.Options(), stream[0].input_shape)
+    learner = cls(cfg, options(method), stream[0].input_shape)
     if cls.offline:
         learner.begin_all(stream.tasks[:2])
         x, y = stream[1].train.to_tensors()
@@ -68,7 +74,7 @@ def test_artifact_round_trip_reproduces_predictions(method, stream, cfg, tmp_pat
     expected = predictions(learner, task)
     save_task(learner.tt, name, tmp_path / name)
     # a second learner with the same seed has the same base; load only this task's tensors into it
-    fresh = cls(cfg, cls.Options(), stream[0].input_shape)
+    fresh = cls(cfg, options(method), stream[0].input_shape)
     if not cls.offline and method != "expert-per-task":
         fresh.tt.load_state({**fresh.tt.state(), "shared": learner.tt.state()["shared"]})
     elif cls.offline:
@@ -80,7 +86,7 @@ def test_artifact_round_trip_reproduces_predictions(method, stream, cfg, tmp_pat
 @pytest.mark.parametrize("method", SINGLE_BASE)
 def test_disabled_is_the_base_model(method, stream, cfg):
     cls = METHODS[method]
-    learner = cls(cfg, cls.Options(), stream[0].input_shape)
+    learner = cls(cfg, options(method), stream[0].input_shape)
     base = {k: v.clone() for k, v in learner.tt.base_tensors().items()}
     if cls.offline:
         learner.begin_all(stream.tasks)

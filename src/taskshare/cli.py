@@ -5,6 +5,8 @@
                   [--precision fp32|bf16]
     taskshare list
     taskshare report DIR [DIR ...] [--plots DIR]
+    taskshare inspect BACKBONE --patch KINDS [--classes N]
+    taskshare relatedness BENCHMARK [--extractor auto|mobilenetv2|raw] [--loo] [--out DIR]
 
 `taskshare run` with no benchmark runs the default comparison (DEFAULT_BENCHMARK with DEFAULT_METHODS).
 Bad input exits with status 2 and a one-line message; an interrupted run exits with 130 and can be
@@ -45,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--precision", choices=("fp32", "bf16"))
 
     sub.add_parser("list", help="benchmarks and methods, with one-line descriptions")
+
+    ins = sub.add_parser("inspect", help="parameters of a backbone and what each task adds per patch kind")
+    ins.add_argument("backbone", help="mobilenetv2, minilm, mlp, cnn or resnet18")
+    ins.add_argument("--patch", default="scale-bias+head",
+                     help="patch kinds joined by +: head, scale-bias, bias, depthwise, full")
+    ins.add_argument("--classes", type=int, default=10, help="classes of the task's head (default 10)")
 
     rel = sub.add_parser("relatedness", help="task-relatedness matrix of a stream (PAR's estimator) + heatmap")
     rel.add_argument("benchmark")
@@ -120,6 +128,13 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_inspect(args) -> int:
+    from taskshare.methods.patches import inspect_backbone
+
+    print(inspect_backbone(args.backbone, args.patch, args.classes))
+    return 0
+
+
 def cmd_relatedness(args) -> int:
     from taskshare.data import build_benchmark
     from taskshare.engine.config import parse_set
@@ -145,7 +160,8 @@ def cmd_report(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "relatedness": cmd_relatedness}
+        commands = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "relatedness": cmd_relatedness,
+                    "inspect": cmd_inspect}
         return commands[args.command](args)
     except TaskshareError as e:
         print(f"taskshare: error: {e}", file=sys.stderr)

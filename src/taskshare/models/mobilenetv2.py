@@ -95,11 +95,12 @@ class MobileNetV2Backbone(nn.Module):
 
     `input_shape` (C, H, W) of the task's images: 1-channel inputs are repeated to 3 channels. `image_size`:
     resize (bilinear) to this side length first (None: keep the input size). `normalize`: apply the
-    ImageNet mean/std (inputs in [0, 1]). The first argument matches taskshare's backbone constructors.
+    ImageNet mean/std (inputs in [0, 1]). The first argument matches taskshare's backbone constructors;
+    `features` reuses an existing conv stack instead of building one.
     """
 
     def __init__(self, input_shape: tuple[int, ...] | None = None, width_mult: float = 1.0,
-                 image_size: int | None = None, normalize: bool = True):
+                 image_size: int | None = None, normalize: bool = True, features: nn.Sequential | None = None):
         super().__init__()
         if width_mult <= 0:
             raise ConfigError(f"MobileNetV2 width multiplier must be positive, got {width_mult}")
@@ -109,8 +110,11 @@ class MobileNetV2Backbone(nn.Module):
         self.width_mult = float(width_mult)
         self.image_size = image_size
         self.normalize = normalize
-        self.features, self.out_dim = _features(width_mult)
-        _init(self)
+        if features is None:
+            self.features, self.out_dim = _features(width_mult)
+            _init(self)
+        else:  # share an existing network's conv stack (MobileNetV2.backbone)
+            self.features, self.out_dim = features, features[-1][0].out_channels
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """The input adapter: grayscale -> RGB, resize, ImageNet normalisation (no parameters)."""
@@ -153,11 +157,7 @@ class MobileNetV2(MobileNetV2Backbone):
 
     def backbone(self) -> MobileNetV2Backbone:
         """A feature extractor sharing this network's modules (no copy), for TaskNet."""
-        bb = MobileNetV2Backbone.__new__(MobileNetV2Backbone)
-        nn.Module.__init__(bb)
-        bb.width_mult, bb.image_size, bb.normalize = self.width_mult, None, False
-        bb.features, bb.out_dim = self.features, self.out_dim
-        return bb
+        return MobileNetV2Backbone(None, self.width_mult, None, normalize=False, features=self.features)
 
     def load_imagenet(self, path: str | Path | None = None, sha256: str | None = None) -> MobileNetV2:
         from taskshare.models.weights import mobilenet_v2_imagenet
