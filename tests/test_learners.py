@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from taskshare.core import TaskTensors, load_task, save_task
-from taskshare.engine.config import RunConfig
+from taskshare.core import load_task, save_task
 from taskshare.methods import METHODS, PATCH_ALIASES
 from taskshare.methods.lifelong.ewc import EWC, diagonal_fisher
 from taskshare.methods.lifelong.lwf import distillation

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from taskshare.core.serialize import load_tensors
-from taskshare.engine.config import RunConfig, check_options
+from taskshare.engine.config import check_options
 from taskshare.engine.runner import run_method
 from taskshare.errors import ConfigError
 from taskshare.methods import METHODS

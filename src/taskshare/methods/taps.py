@@ -65,8 +65,9 @@ the folded weights of `merged_model`, so exported, merged and trained outputs ag
   and adds no delta), then the base is frozen and every later task learns deltas against it, starting its
   norms from the first task's (the analogue of pretrained BN statistics). This is the official two-stage idea
   with a one-task first stage.
-  ``model``: the backbone as built (``--set model=...``; random for mlp/cnn/resnet18, pretrained for a
-  pretrained backbone, or the module passed as ``backbone_module=``) is the frozen base from the first task.
+  ``model``: the backbone as built (``--set model=...``; random for mlp/cnn/resnet18, pretrained for
+  ``model=mobilenetv2`` (ImageNet, 32 px) or ``minilm`` (also chosen by ``auto`` for pre-tokenized text), or
+  the module passed as ``backbone_module=``) is the frozen base from the first task.
 - ``taps-joint`` (paper's joint multi-task variant; offline): the shared base is trained with all tasks
   together with every task's deltas, scores, norms and head. Each mixed batch is split by task, one forward
   per task (its tensors activated); the loss is the sum of the per-task mean cross-entropies plus each
@@ -428,6 +429,8 @@ def _check_common(o, section: str) -> None:
         raise ConfigError(f"{section}.score_init must be a finite number, got {o.score_init}")
     if o.warmup_epochs < 0:
         raise ConfigError(f"{section}.warmup_epochs must be >= 0, got {o.warmup_epochs}")
+    if o.bn_samples < 0:
+        raise ConfigError(f"{section}.bn_samples must be >= 0, got {o.bn_samples}")
     if o.backbone not in o.BACKBONES:
         raise ConfigError(f"{section}.backbone={o.backbone!r} is not valid: choose one of {', '.join(o.BACKBONES)}")
     bad = [t for t in o.layer_types if t not in LAYER_TYPES]
@@ -447,6 +450,8 @@ class TapsOptions:
     warmup_epochs: int = 3               # penalty off in epochs 0..warmup_epochs-1 (official --warmup_epochs 2)
     layer_types: tuple[str, ...] = DEFAULT_LAYER_TYPES
     backbone: str = "first-task"         # first-task | model (see the module docstring)
+    bn_samples: int = 0                  # sequential taps: re-estimate the task's BN statistics at its end on
+                                         # this many training samples (0: off, the running averages are kept)
 
     SECTION: ClassVar[str] = "taps"
     BACKBONES: ClassVar[tuple[str, ...]] = ("first-task", "model")
@@ -479,6 +484,20 @@ class TapsTwoStageOptions(TapsJointOptions):
 
 
 # ------------------------------------------------------------------------------------------ learners
+PRETRAINED_MODELS = ("mobilenetv2", "mobilenetv2-random", "minilm")
+
+
+def taps_backbone(cfg, input_shape: tuple[int, ...], seed: int) -> nn.Module:
+    """``cfg.model``: mlp/cnn/resnet18, or the model-patches backbones mobilenetv2 (ImageNet, 32 px),
+    mobilenetv2-random and minilm; ``auto`` is minilm for pre-tokenized text (2, L), else mlp/resnet18."""
+    from taskshare.methods.patches import PatchOptions, build_patch_backbone, token_input
+
+    name = "minilm" if cfg.model == "auto" and token_input(input_shape) else cfg.model
+    if name in PRETRAINED_MODELS:
+        return build_patch_backbone(PatchOptions(backbone=name), name, input_shape, seed)
+    return build_backbone(default_model(cfg, input_shape), input_shape, seed)
+
+
 class _TapsLearner(Learner):
     """Shared machinery: the wrapped TaskNet, task creation, optimizer groups, penalty, epoch counting."""
 
@@ -488,7 +507,7 @@ class _TapsLearner(Learner):
         super().__init__(cfg, options if options is not None else self.Options(), input_shape)
         o = self.options
         if backbone_module is None:
-            backbone = build_backbone(default_model(cfg, input_shape), input_shape, task_seed(cfg.seed, 0, salt=1))
+            backbone = taps_backbone(cfg, input_shape, task_seed(cfg.seed, 0, salt=1))
         else:
             backbone = backbone_module
         if not isinstance(getattr(backbone, "out_dim", None), int):
@@ -639,6 +658,30 @@ class Taps(_TapsLearner):
         self.optimizer.step()
         self.seen += len(y)
         return loss.detach()
+
+    @torch.no_grad()
+    def end_task(self, task) -> None:
+        """With ``bn_samples``: replace the task's BN running averages (which lag behind deltas that were still
+        changing, badly so on short runs from a pretrained base) by the equal-weight average over the first
+        ``bn_samples`` training samples, as model patches do (`Patches.recompute_bn`)."""
+        bns = [m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+               and m.track_running_stats]
+        if not self.options.bn_samples or not bns:
+            return
+        momenta = [m.momentum for m in bns]
+        with self.tt.use(task.name):
+            try:
+                for m in bns:
+                    m.reset_running_stats()  # in place: this task's tensors
+                    m.momentum = None
+                self.net.train()
+                with self.autocast():
+                    for x, _ in task.train.head(self.options.bn_samples).batches(self.cfg.batch_size):
+                        if len(x) > 1:
+                            self.net(x.to(self.device))
+            finally:
+                for m, momentum in zip(bns, momenta):
+                    m.momentum = momentum
 
     def extra_state(self) -> dict[str, Any]:
         return {**super().extra_state(), "first": self.first}

@@ -16,12 +16,11 @@ gives each layer's size, since a few late layers usually hold most of the weight
 """
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from taskshare.core.serialize import atomic_write_bytes
+from taskshare.core.serialize import save_figure
 from taskshare.methods.taps import _tt, active_layers, gated_layers, layer_sizes, scores
 
 __all__ = ["layer_table", "task_summary", "summary", "format_summary", "plot_layers"]
@@ -112,8 +111,4 @@ def plot_layers(source, path: str | Path, tasks: Sequence[str] | None = None, ti
     if len(names) <= 60:
         bottom.set_xticks(range(len(names)))
         bottom.set_xticklabels(names, rotation=90, fontsize=6)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    path = Path(path)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return save_figure(fig, path)

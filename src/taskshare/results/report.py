@@ -6,11 +6,11 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from numbers import Real
 from pathlib import Path
 
+from taskshare.core.serialize import save_figure
 from taskshare.errors import TaskshareError
 from taskshare.results.metrics import average_accuracy_curve, validate_matrix
 
@@ -200,22 +200,6 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("_") or "x"
 
 
-def _save(fig, path: Path) -> Path:
-    """Save ``fig`` as PNG atomically: temp file in the same dir, then os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
 def _labels(runs: Sequence[dict]) -> list[str]:
     """Method names, with the seed appended where one method has several runs."""
     methods = [r["method"] for r in runs]
@@ -250,7 +234,7 @@ def _heatmap(plt, r: dict, path: Path) -> Path:
         ax.set_xlabel("evaluated on")
         ax.set_ylabel("after training")
         ax.set_title(f"{r['benchmark']} / {r['method']} (seed {r['seed']}): accuracy (%)", fontsize=11)
-        return _save(fig, path)
+        return save_figure(fig, path)
     finally:
         plt.close(fig)
 
@@ -283,7 +267,7 @@ def _task_accuracy(plt, bench: str, runs: list[dict], path: Path) -> Path:
             ax.set_visible(False)
         fig.suptitle(f"{bench}: accuracy of each task along the stream")
         fig.tight_layout()
-        return _save(fig, path)
+        return save_figure(fig, path)
     finally:
         plt.close(fig)
 
@@ -323,7 +307,7 @@ def _params(plt, bench: str, runs: list[dict], path: Path) -> Path:
             ax.legend(fontsize=8)
         fig.suptitle(bench)
         fig.tight_layout()
-        return _save(fig, path)
+        return save_figure(fig, path)
     finally:
         plt.close(fig)
 

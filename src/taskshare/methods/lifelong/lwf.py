@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from taskshare.methods.base import SharedBackboneLearner, make_optimizer
+from taskshare.methods.base import SharedBackboneLearner
 from taskshare.models import head_logits
 
 

@@ -189,7 +189,7 @@ def _save_heatmap(m: torch.Tensor, names: list[str], title: str, path: Path) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from taskshare.results.report import _save
+    from taskshare.core.serialize import save_figure
 
     T = len(names)
     side = min(2.5 + 0.55 * T, 16)
@@ -209,7 +209,7 @@ def _save_heatmap(m: torch.Tensor, names: list[str], title: str, path: Path) -> 
         ax.set_xlabel("earlier task p (prototypes)")
         ax.set_ylabel("new task t (samples)")
         ax.set_title(title, fontsize=11)
-        return _save(fig, path)
+        return save_figure(fig, path)
     finally:
         plt.close(fig)
 
