@@ -10,7 +10,7 @@ M=finetune,ewc,lwf,expert-per-task,joint
 $TS split-mnist    --method $M --out $OUT/split-mnist
 $TS permuted-mnist --method lwf --set lwf.alpha=1 --set lwf.train_old_heads=false \
   --out $OUT/permuted-lwf-frozen-heads-alpha-1   # LwF with the old heads frozen (the paper trains them)
-$TS domain-stream  --method $M --out $OUT/domain-stream
+$TS domain-stream  --method $M --limit 5000 --out $OUT/domain-stream-limit-5000
 $TS permuted-mnist --method $M --out $OUT/permuted-mnist
 $TS permuted-mnist --method lwf --set lwf.alpha=10 --set lwf.train_old_heads=false \
   --out $OUT/permuted-lwf-frozen-heads-alpha-10
