@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
 def _config(args):
     from taskshare.engine.config import build_config, load_file, merge, parse_set
     from taskshare.methods import method_options
+    from taskshare.multitask.runner import multitask_method_options
 
     raw = load_file(args.config) if args.config else {}
     raw = merge(raw, parse_set(args.sets))
@@ -81,7 +82,7 @@ def _config(args):
         value = getattr(args, key)
         if value is not None:
             raw[key] = value
-    return build_config(raw, method_options())
+    return build_config(raw, {**method_options(), **multitask_method_options()})
 
 
 def cmd_run(args) -> int:
@@ -92,7 +93,11 @@ def cmd_run(args) -> int:
     from taskshare.methods import METHODS
     from taskshare.results.report import comparison_table, report
 
+    from taskshare.multitask.benchmarks import MULTITASK_BENCHMARKS
+
     benchmark = args.benchmark or DEFAULT_BENCHMARK
+    if benchmark in MULTITASK_BENCHMARKS:
+        return _run_multitask(args, benchmark)
     methods = [m.strip() for m in (args.method or ",".join(DEFAULT_METHODS)).split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -113,6 +118,27 @@ def cmd_run(args) -> int:
     return 0
 
 
+DEFAULT_MULTITASK_METHODS = ("stl", "ew", "adatask")
+
+
+def _run_multitask(args, benchmark: str) -> int:
+    """One input, several outputs: AdaTask and the weighting baselines (works under torchrun too)."""
+    from taskshare.engine import distributed
+    from taskshare.multitask.runner import MULTITASK_METHODS, multitask_table, run_multitask
+
+    distributed.init_from_env()
+    methods = [m.strip() for m in (args.method or ",".join(DEFAULT_MULTITASK_METHODS)).split(",") if m.strip()]
+    unknown = [m for m in methods if m not in MULTITASK_METHODS]
+    if unknown:
+        raise TaskshareError(f"unknown multi-task method {unknown[0]!r}: choose from {', '.join(MULTITASK_METHODS)}")
+    cfg = _config(args)
+    out = Path(args.out or Path("runs") / benchmark)
+    results = [run_multitask(benchmark, m, cfg, out, resume=args.resume, quiet=args.quiet) for m in methods]
+    if distributed.is_main():
+        print(multitask_table(results))
+    return 0
+
+
 def cmd_list(args) -> int:
     from taskshare.data import BENCHMARKS, USER_BENCHMARKS
     from taskshare.methods import METHODS
@@ -125,6 +151,15 @@ def cmd_list(args) -> int:
     print("methods (--method):")
     for name, cls in METHODS.items():
         print(f"  {name:<22} {cls.description}")
+    from taskshare.multitask.benchmarks import MULTITASK_BENCHMARKS
+    from taskshare.multitask.runner import MULTITASK_METHODS
+
+    print("multi-task benchmarks (one input, several outputs):")
+    for name, spec in MULTITASK_BENCHMARKS.items():
+        print(f"  {name:<22} {spec.description}")
+    print("multi-task methods (--method, with a multi-task benchmark):")
+    for name, desc in MULTITASK_METHODS.items():
+        print(f"  {name:<22} {desc}")
     return 0
 
 

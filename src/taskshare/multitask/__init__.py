@@ -8,6 +8,11 @@
 - ``adatask``: AdaTaskAdam / AdaTaskRMSprop / AdaTaskAdagrad, ``make_adatask(variant, ...)``
 - ``au``: ``AURecorder`` and ``plot_au``
 - ``trainer``: ``MultiTaskTrainer`` and the ``METHODS`` registry
+- ``benchmarks``: ``MULTITASK_BENCHMARKS`` (synthetic-imbalanced, multimnist, adult, clothing-reviews)
+- ``runner``: ``run_multitask`` (results.json with task_metrics / stl_baseline / delta_m, checkpoints,
+  AU plots, torchrun); ``python -m taskshare.multitask.runner BENCHMARK --method ...``
+
+(``benchmarks`` and ``runner`` are not imported here: import them explicitly.)
 """
 from taskshare.multitask.adatask import AdaTask, AdaTaskAdagrad, AdaTaskAdam, AdaTaskRMSprop, make_adatask
 from taskshare.multitask.aggregators import AGGREGATORS, cagrad, ew, mean, mgda, mgda_ub_weights, pcgrad

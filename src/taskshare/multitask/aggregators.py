@@ -40,6 +40,7 @@ from taskshare.errors import ConfigError
 
 __all__ = [
     "AGGREGATORS", "cagrad", "cagrad_weights", "ew", "mean", "mgda", "mgda_ub_weights", "mgda_weights",
+    "mgda_weights_gram",
     "min_norm_2", "pcgrad", "pcgrad_project",
 ]
 
@@ -119,9 +120,17 @@ def _frank_wolfe(M: np.ndarray, max_iter: int, tol: float) -> np.ndarray:
 def mgda_weights(G: Tensor, normalize: str = "none", max_iter: int = 250, tol: float = 1e-7) -> Tensor:
     """The min-norm convex weights a (K,) of the rows of G (exact for K <= 2)."""
     _check(G)
+    return mgda_weights_gram(_gram(G), normalize, max_iter, tol).to(dtype=G.dtype, device=G.device)
+
+
+def mgda_weights_gram(M, normalize: str = "none", max_iter: int = 250, tol: float = 1e-7) -> Tensor:
+    """The min-norm weights from the K x K Gram matrix M = G G^T alone (float64 tensor on the CPU).
+
+    Under data parallelism the Gram matrix of the global gradients is the (weighted) sum of the ranks'
+    Gram matrices, so MGDA-UB needs only this K x K all-reduce (see ``MultiTaskTrainer``)."""
     if normalize not in ("none", "l2"):
         raise ConfigError(f"mgda normalize={normalize!r}: use none or l2")
-    M = _gram(G)
+    M = M.detach().double().cpu().numpy() if isinstance(M, Tensor) else np.asarray(M, dtype=np.float64)
     if normalize == "l2":
         n = np.sqrt(np.maximum(np.diag(M), 1e-300))
         M = M / np.outer(n, n)
@@ -133,7 +142,7 @@ def mgda_weights(G: Tensor, normalize: str = "none", max_iter: int = 250, tol: f
         a = np.array([a1, 1.0 - a1])
     else:
         a = _frank_wolfe(M, max_iter, tol)
-    return torch.as_tensor(a, dtype=G.dtype, device=G.device)
+    return torch.as_tensor(a, dtype=torch.float64)
 
 
 def mgda(G: Tensor, normalize: str = "none", max_iter: int = 250, tol: float = 1e-7) -> Tensor:

@@ -100,6 +100,14 @@ class AURecorder:
         self.last_delta = delta
         self.au.mul_(self.gamma).addcmul_(delta, delta, value=1 - self.gamma)
 
+    def state_dict(self) -> dict:
+        """The accumulators (for checkpoints; ``taskshare.core.serialize.save_state`` writes it)."""
+        return {"t": self.t, "au": self.au, "m": self.m, "v": self.v, "vk": self.vk}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.t = int(state["t"])
+        self.au, self.m, self.v, self.vk = state["au"], state["m"], state["v"], state["vk"]
+
     def _shares(self, acc: Tensor | None, stat: str) -> dict[str, list[float]]:
         if stat not in ("mean", "median"):
             raise ConfigError(f"AU stat={stat!r}: use mean or median")

@@ -22,6 +22,14 @@ attaching an LR scheduler to ``trainer.optimizer``). What each method does with 
 
 ``recorder=`` (an ``AURecorder``) receives each step's per-task gradients of the (weighted) losses; for
 pcgrad / mgda / cagrad these are the gradients before combination.
+
+Data parallelism (``reducer=`` a ``taskshare.engine.distributed.GradReducer``; the caller sets the shard
+sizes before each step): the per-task gradient matrix G is reduced across ranks *before* it is combined
+(PCGrad / MGDA / CAGrad / AdaTask see the global per-task gradients), MGDA-UB reduces its K x K Gram
+matrix, the loss-weighting methods and the heads reduce their ``.grad`` after the local backward (plain
+data-parallel averaging), and the losses fed to DWA / GradNorm and returned are the global-batch means.
+With float64 and no BatchNorm the parameters then equal the single-process run on the same global batch
+(up to summation order; tests/test_multitask_ddp.py).
 """
 from __future__ import annotations
 
@@ -33,7 +41,7 @@ from torch import Tensor
 
 from taskshare.errors import ConfigError
 from taskshare.multitask.adatask import VARIANTS, make_adatask
-from taskshare.multitask.aggregators import cagrad, mgda, mgda_ub_weights, pcgrad
+from taskshare.multitask.aggregators import cagrad, mgda, mgda_ub_weights, mgda_weights_gram, pcgrad
 from taskshare.multitask.au import AURecorder
 from taskshare.multitask.gradients import GRAD_MODES, choose_mode, per_task_gradients, write_grads
 from taskshare.multitask.model import MultiOutputNet
@@ -75,7 +83,8 @@ class MultiTaskTrainer:
     def __init__(self, model: MultiOutputNet, loss_fns: Mapping[str, Callable[[Tensor, Tensor], Tensor]],
                  method: str = "ew", *, optimizer: str = "adam", lr: float = 1e-3, weight_decay: float = 0.0,
                  options: Mapping[str, Any] | None = None, grad_mode: str = "auto",
-                 sharing: Sharing | None = None, seed: int = 0, recorder: AURecorder | None = None):
+                 sharing: Sharing | None = None, seed: int = 0, recorder: AURecorder | None = None,
+                 momentum: float = 0.0, reducer=None):
         if method not in METHODS:
             raise ConfigError(f"unknown multi-task method {method!r}; use one of {', '.join(METHODS)}")
         adatask = method.startswith("adatask")
@@ -96,7 +105,8 @@ class MultiTaskTrainer:
             opts[k] = v
         self.model, self.loss_fns, self.method, self.opts = model, dict(loss_fns), method, opts
         self.tasks = model.tasks
-        self.optimizer_name, self.lr, self.weight_decay = optimizer, lr, weight_decay
+        self.optimizer_name, self.lr, self.weight_decay, self.momentum = optimizer, lr, weight_decay, momentum
+        self.reducer = reducer
         self.grad_mode = choose_mode(model) if grad_mode == "auto" else grad_mode
         self.sharing, self.recorder = sharing, recorder
         self.generator = torch.Generator().manual_seed(seed)
@@ -136,6 +146,8 @@ class MultiTaskTrainer:
                                           missing=self.opts["missing"], pcgrad=pc, generator=self.generator, **kw)
         else:
             extra = list(self.weighting.parameters()) if self.method == "uw" else []
+            if self.optimizer_name == "sgd" and self.momentum:
+                kw["momentum"] = self.momentum
             self.optimizer = _BASE[self.optimizer_name](self.shared + self.task_params + extra, **kw)
 
     def prepare(self, x: Tensor, targets: Mapping[str, Tensor]) -> Sharing:
@@ -146,12 +158,28 @@ class MultiTaskTrainer:
 
     # ------------------------------------------------------------ the step
 
-    def _grads(self, losses: list[Tensor], params: list[Tensor]) -> Tensor:
-        return per_task_gradients(losses, params, self.grad_mode, retain_graph=True)
+    def _grads(self, losses: list[Tensor], params: list[Tensor], retain_graph: bool = True) -> Tensor:
+        """Per-task gradients; under data parallelism the global (reduced) matrix."""
+        G = per_task_gradients(losses, params, self.grad_mode, retain_graph=retain_graph)
+        return G if self.reducer is None else self.reducer.mean_(G)
+
+    def _sync_grads(self, params: list[Tensor]) -> None:
+        if self.reducer is not None:
+            self.reducer.grads_(params)
 
     def _heads_backward(self, losses: list[Tensor]) -> None:
         if self.task_params:
             torch.stack(losses).sum().backward(inputs=self.task_params)
+            self._sync_grads(self.task_params)
+
+    def _mgda_ub(self, losses: list[Tensor], z: Tensor, L: Tensor) -> Tensor:
+        R = per_task_gradients(losses, [z], self.grad_mode, retain_graph=True)
+        if self.reducer is None:
+            return mgda_ub_weights(R, self.opts["normalize"]).to(L)
+        # global R = the ranks' R_r (each scaled by n_r / N) side by side: its Gram is the weighted sum
+        M = R.double() @ R.double().T
+        M = self.reducer.sum_(M * self.reducer.weight ** 2)
+        return mgda_weights_gram(M, self.opts["normalize"]).to(L)
 
     def step(self, x: Tensor, targets: Mapping[str, Tensor]) -> dict[str, float]:
         """One optimisation step on the batch; returns each task's loss."""
@@ -160,6 +188,7 @@ class MultiTaskTrainer:
             self._build(losses)
         self.optimizer.zero_grad(set_to_none=True)
         L = torch.stack(losses)
+        Lg = L.detach().clone() if self.reducer is None else self.reducer.mean_(L.detach().clone())
         m, G = self.method, None
         if m in ("ew", "uw", "dwa", "gradnorm"):
             if m == "ew":
@@ -168,19 +197,21 @@ class MultiTaskTrainer:
                 w = self.weighting.weights().to(L)
             elif m == "dwa":
                 w = self.weighting.weights().to(L)
-                self.weighting.observe(L)
+                self.weighting.observe(Lg)
             else:
                 norms = self._grads(losses, self.model.last_shared_parameters()).norm(dim=1)
-                w = self.weighting.update(L, norms).to(L)
+                w = self.weighting.update(Lg, norms).to(L)
             if self.recorder is not None and self.shared:
                 G = self._grads(losses, self.shared) * w[:, None]
             total = self.weighting(L) if m == "uw" else (w * L).sum()
             total.backward()
+            self._sync_grads([p for g in self.optimizer.param_groups for p in g["params"]])
             self.optimizer.step()
         elif m in ("pcgrad", "mgda", "cagrad"):
             if m == "mgda" and self.opts["ub"]:
-                a = mgda_ub_weights(self._grads(losses, [z]), self.opts["normalize"]).to(L)
+                a = self._mgda_ub(losses, z, L)
                 (a * L).sum().backward(inputs=self.shared, retain_graph=True)
+                self._sync_grads(self.shared)
                 w = a
                 if self.recorder is not None:
                     G = self._grads(losses, self.shared)
@@ -197,14 +228,14 @@ class MultiTaskTrainer:
             self._heads_backward(losses)
             self.optimizer.step()
         else:
-            G = per_task_gradients(losses, self.shared, self.grad_mode, retain_graph=bool(self.task_params))
+            G = self._grads(losses, self.shared, retain_graph=bool(self.task_params))
             self._heads_backward(losses)
             self.optimizer.step(G, self.sharing.reach_matrix())
             w = None
         self.last_weights = None if w is None else w.detach().tolist()
         if self.recorder is not None and G is not None:
             self.recorder.update(G)
-        return dict(zip(self.tasks, L.detach().tolist()))
+        return dict(zip(self.tasks, Lg.tolist()))
 
     def end_epoch(self) -> None:
         """Close a training epoch (DWA uses the epoch's average losses); a no-op for other methods."""
@@ -217,7 +248,7 @@ class MultiTaskTrainer:
         if self.optimizer is None:
             raise ConfigError("nothing to save before the first step; call prepare(x, targets) or step first")
         ws = self.weighting.state_dict() if self.weighting is not None else None
-        return {"optimizer": self.optimizer.state_dict(), "weighting": ws}
+        return {"optimizer": self.optimizer.state_dict(), "weighting": ws, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         if self.optimizer is None:
@@ -225,3 +256,5 @@ class MultiTaskTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.weighting is not None:
             self.weighting.load_state_dict(state["weighting"])
+        if state.get("generator") is not None:  # PCGrad's random task order
+            self.generator.set_state(state["generator"])

@@ -58,12 +58,14 @@ def _load(path: Path) -> dict:
     for key in _NULLABLE_NUMBERS:
         if data[key] is not None and not _is_number(data[key]):
             raise bad(key, "is not a number or null")
-    try:
-        validate_matrix(data["acc_matrix"])
-    except TaskshareError as e:
-        raise bad("acc_matrix", f"is invalid ({e})") from None
-    if len(data["acc_matrix"]) != len(data["tasks"]):
-        raise bad("acc_matrix", f"has {len(data['acc_matrix'])} rows but 'tasks' names {len(data['tasks'])}")
+    multitask = isinstance(data.get("task_metrics"), dict)  # multi-output runs: acc_matrix may be null
+    if not (multitask and data["acc_matrix"] is None):
+        try:
+            validate_matrix(data["acc_matrix"])
+        except TaskshareError as e:
+            raise bad("acc_matrix", f"is invalid ({e})") from None
+        if len(data["acc_matrix"]) != len(data["tasks"]):
+            raise bad("acc_matrix", f"has {len(data['acc_matrix'])} rows but 'tasks' names {len(data['tasks'])}")
     params = data["params"]
     if not isinstance(params, dict):
         raise bad("params", "is not an object")
@@ -330,7 +332,8 @@ def plot_results(results: Sequence[dict], out_dir: str | os.PathLike) -> list[Pa
     out.mkdir(parents=True, exist_ok=True)
     by_bench: dict[str, list[dict]] = {}
     for r in sorted(results, key=lambda r: (r["benchmark"], r["method"], r["seed"])):
-        by_bench.setdefault(r["benchmark"], []).append(r)
+        if not isinstance(r.get("task_metrics"), dict):  # accuracy-matrix plots are for lifelong runs
+            by_bench.setdefault(r["benchmark"], []).append(r)
     written: list[Path] = []
     for bench, runs in by_bench.items():
         methods = [r["method"] for r in runs]

@@ -1,0 +1,643 @@
+"""The multi-task runner: a multi-output benchmark through one method, with Δm against explicit STL baselines.
+
+``run_multitask(benchmark, method, cfg, out_dir)`` trains ``method`` (a ``MultiTaskTrainer`` method, or
+``stl``) on a ``MULTITASK_BENCHMARKS`` dataset and writes ``OUT/<method>/``:
+
+- ``results.json``: the lifelong keys that make sense for one multi-output model (benchmark, method, seed,
+  tasks, params {base, added_per_task, total}, artifact_bytes, time_s, peak_rss_mb, config, versions;
+  ``acc_matrix`` / ``avg_acc`` only when every task reports an accuracy: one final row of test
+  accuracies, the rows before it null as for the joint learner; otherwise null, and bwt / fwt / forgetting
+  are always null) plus ``task_metrics`` {task: {metric: value}} (test, at the selected epoch),
+  ``val_metrics``, ``higher_is_better``, ``best_epoch``, ``history`` (per epoch: training losses,
+  validation metrics, validation Δm, loss weights), ``stl_baseline`` (where the single-task numbers come
+  from: path, config, their test and validation metrics) and ``delta_m`` / ``val_delta_m`` (percent,
+  ``taskshare.results.metrics.delta_m``: positive = better than single-task);
+- ``artifacts/base.safetensors`` (the shared encoder) and ``artifacts/<task>.safetensors`` (each head,
+  with the base's sha256 in its metadata); for ``stl`` each task's whole network;
+- ``au.png`` and an ``au`` entry in results.json when ``<method>.record_au=true``: each task's share of
+  the average squared update (rAU, AdaTask paper Eqs. 4-6) per shared layer, and ``OUT/au_compare.png``
+  with every run in OUT that recorded it (e.g. ew under Adam next to adatask);
+- ``checkpoint.safetensors`` at the end of every epoch while running (atomic, pickle-free): ``resume=True``
+  continues to exactly the results of an uninterrupted run.
+
+Single-task baselines. ``stl`` trains one network per task (the same encoder architecture and
+initialisation plus that task's head) with the same code, optimizer, learning rate, epochs, batches and
+seed, each selecting its own best epoch on its own validation metric. Any other method first makes sure
+``OUT/stl/results.json`` exists for the same benchmark, seed and configuration (it is trained then and
+reused afterwards) and reports Δm of its test metrics against it. Never an epoch-0 baseline.
+
+Model selection uses validation only: the epoch with the best validation Δm against the STL validation
+metrics (STL: each task's primary validation metric); the test metrics reported are those of that epoch.
+
+Data parallelism: under ``torchrun --nproc_per_node=N`` every rank draws the same global batch and trains
+on its shard; per-task gradients are reduced before they are combined (``engine.distributed``). Rank 0
+writes every file.
+
+    python -m taskshare.multitask.runner adult --method ew,adatask --epochs 10 --set optimizer=adam \\
+        --set lr=0.001 --out runs/mt/adult [--set adatask.variant=rmsprop] [--set adatask.record_au=true]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from taskshare.core.serialize import atomic_write_json, load_state, read_json, save_state, save_tensors
+from taskshare.engine import distributed as ddp
+from taskshare.engine.config import RunConfig, check_options
+from taskshare.errors import ConfigError, TaskshareError, TrainingError
+from taskshare.multitask.adatask import VARIANTS
+from taskshare.multitask.au import AURecorder, plot_au
+from taskshare.multitask.benchmarks import (
+    MULTITASK_BENCHMARKS, MultiTaskData, Split, TaskSpec, benchmark_options, build_multitask, compute_metrics,
+)
+from taskshare.multitask.model import MultiOutputNet
+from taskshare.multitask.trainer import METHOD_OPTIONS, METHODS, MultiTaskTrainer
+from taskshare.results.metrics import delta_m
+
+__all__ = [
+    "MULTITASK_METHODS", "build_model", "evaluate", "main", "multitask_method_options", "multitask_table",
+    "run_multitask",
+]
+
+CHECKPOINT = "checkpoint.safetensors"
+MULTITASK_METHODS: dict[str, str] = {
+    **METHODS, "stl": "single-task baselines: one network per task, same code and settings (Δm reference)"}
+# options every multi-task method accepts besides its own (METHOD_OPTIONS)
+COMMON_OPTIONS: dict[str, Any] = {"record_au": False, "au_gamma": 0.999, "grad_mode": "auto"}
+_NOT_IDENTITY = ("device", "checkpoint_minutes", "eval_batch_size")
+
+
+# ------------------------------------------------------------------------------------------ options
+
+def _defaults(method: str) -> dict[str, Any]:
+    if method == "stl":
+        return {}
+    d = dict(METHOD_OPTIONS[method])
+    if method == "uw":
+        d["kinds"] = None                   # None: from the benchmark's loss kinds (ce -> classification)
+    if method.startswith("adatask"):
+        d["variant"] = "adam"
+    d.update(COMMON_OPTIONS)
+    return d
+
+
+def _options_class(method: str) -> type:
+    fields = []
+    for k, v in _defaults(method).items():
+        tp = Any if v is None or k == "kinds" else type(v)
+        fields.append((k, tp, dataclasses.field(default=v)))
+    name = "".join(p.capitalize() for p in method.replace("+", "_").split("_")) + "Options"
+    return dataclasses.make_dataclass(name, fields)
+
+
+_OPTION_CLASSES = {m: _options_class(m) for m in MULTITASK_METHODS}
+
+
+def multitask_method_options() -> dict[str, type]:
+    """Section name -> options dataclass of every multi-task method (for ``build_config``)."""
+    return dict(_OPTION_CLASSES)
+
+
+def method_options(method: str, cfg: RunConfig) -> dict[str, Any]:
+    """``cfg.methods[method]`` validated (one-line ConfigError naming the valid options) with defaults."""
+    if method not in MULTITASK_METHODS:
+        raise ConfigError(f"unknown multi-task method {method!r}; choose from {', '.join(MULTITASK_METHODS)}")
+    opts = dataclasses.asdict(check_options(_OPTION_CLASSES[method], dict(cfg.methods.get(method, {})), method))
+    if "variant" in opts and opts["variant"] not in VARIANTS:
+        raise ConfigError(f"{method}.variant={opts['variant']!r} unknown; use one of {', '.join(VARIANTS)}")
+    return opts
+
+
+# ------------------------------------------------------------------------------------------ models
+
+class LeNet(nn.Sequential):
+    """Sener & Koltun's MultiMNIST encoder: conv5(10)-pool-conv5(20)-pool-FC(50), ReLU (no BatchNorm)."""
+
+    def __init__(self, input_shape: tuple[int, ...]):
+        c, h, w = input_shape
+        flat = 20 * (((h - 4) // 2 - 4) // 2) * (((w - 4) // 2 - 4) // 2)
+        super().__init__(OrderedDict([
+            ("conv1", nn.Conv2d(c, 10, 5)), ("relu1", nn.ReLU()), ("pool1", nn.MaxPool2d(2)),
+            ("conv2", nn.Conv2d(10, 20, 5)), ("relu2", nn.ReLU()), ("pool2", nn.MaxPool2d(2)),
+            ("flatten", nn.Flatten()), ("fc", nn.Linear(flat, 50)), ("relu3", nn.ReLU())]))
+        self.out_dim = 50
+
+
+def _mlp(in_dim: int, hidden: tuple[int, ...]) -> nn.Sequential:
+    """Flatten + Linear/ReLU layers named fc1, fc2, ... (the AU plot's layer names)."""
+    layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
+    for i, h in enumerate(hidden, 1):
+        layers += [(f"fc{i}", nn.Linear(in_dim, h)), (f"relu{i}", nn.ReLU())]
+        in_dim = h
+    seq = nn.Sequential(OrderedDict(layers))
+    seq.out_dim = in_dim
+    return seq
+
+
+def _encoder(data: MultiTaskData, kind: str) -> nn.Module:
+    shape = data.input_shape
+    if kind == "cnn":
+        if len(shape) != 3 or min(shape[1:]) < 16:
+            raise ConfigError(f"model=cnn needs image inputs (C, H, W) of at least 16x16; {data.name} has "
+                              f"{shape}: use model=mlp")
+        return LeNet(shape)
+    return _mlp(math.prod(shape), tuple(data.hidden) or (256, 128))
+
+
+def build_model(data: MultiTaskData, seed: int, model: str = "auto",
+                tasks: tuple[str, ...] | None = None) -> MultiOutputNet:
+    """Shared encoder + one linear head per task, initialised from ``seed`` only (the encoder from one seed,
+    head k from (seed, k)), so an STL network for task k starts exactly as the multi-task one."""
+    from taskshare.methods.base import task_seed
+
+    kind = data.encoder if model == "auto" else model
+    if kind not in ("mlp", "cnn"):
+        raise ConfigError(f"model={model!r} is not available for multi-task benchmarks; use auto, mlp or cnn")
+    specs = [t for t in data.tasks if tasks is None or t.name in tasks]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(task_seed(seed, 0, salt=1))
+        enc = _encoder(data, kind)
+        heads = {}
+        for k, spec in enumerate(data.tasks):
+            torch.manual_seed(task_seed(seed, k, salt=2))
+            head = nn.Linear(enc.out_dim, spec.out_dim)
+            if spec in specs:
+                heads[spec.name] = head
+    return MultiOutputNet(enc, heads)
+
+
+class SingleTaskNets(nn.Module):
+    """One ``MultiOutputNet`` per task; ``forward(x)`` gives {task: output} like a multi-output model."""
+
+    def __init__(self, nets: Mapping[str, MultiOutputNet]):
+        super().__init__()
+        self.nets = nn.ModuleDict(dict(nets))
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return {t: net(x)[t] for t, net in self.nets.items()}
+
+
+def _loss_fn(spec: TaskSpec) -> Callable[[Tensor, Tensor], Tensor]:
+    if spec.kind == "ce":
+        return F.cross_entropy
+    return lambda out, y: F.mse_loss(out[:, 0], y)
+
+
+# ------------------------------------------------------------------------------------------ steppers
+
+class _STLStepper:
+    """K independent single-task trainers (method ew with one task) stepped on the same batches."""
+
+    def __init__(self, nets: SingleTaskNets, specs: tuple[TaskSpec, ...], **kw):
+        self.trainers = {s.name: MultiTaskTrainer(nets.nets[s.name], {s.name: _loss_fn(s)}, "ew", **kw)
+                         for s in specs}
+        self.last_weights = None
+
+    def prepare(self, x, ys):
+        for t, tr in self.trainers.items():
+            tr.prepare(x, {t: ys[t]})
+
+    def step(self, x, ys) -> dict[str, float]:
+        out = {}
+        for t, tr in self.trainers.items():
+            out.update(tr.step(x, {t: ys[t]}))
+        return out
+
+    def end_epoch(self):
+        pass
+
+    def state_dict(self):
+        return {t: tr.state_dict() for t, tr in self.trainers.items()}
+
+    def load_state_dict(self, state):
+        for t, tr in self.trainers.items():
+            tr.load_state_dict(state[t])
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, specs: tuple[TaskSpec, ...], batch_size: int = 1024,
+             device: str | torch.device = "cpu") -> dict[str, dict[str, float]]:
+    """{task: {metric: value}} of ``model`` on ``split`` (batched forward, vectorised metrics)."""
+    was = model.training
+    model.eval()
+    outs: dict[str, list[Tensor]] = {s.name: [] for s in specs}
+    for s in range(0, len(split), batch_size):
+        o = model(split.x[s:s + batch_size].to(device))
+        for t in outs:
+            outs[t].append(o[t].float().cpu())
+    model.train(was)
+    return {sp.name: compute_metrics(sp, torch.cat(outs[sp.name]), split.y[sp.name]) for sp in specs}
+
+
+def _signed_primary(metrics: Mapping[str, float], spec: TaskSpec) -> float:
+    v = metrics[spec.primary]
+    return v if spec.higher_is_better[spec.primary] else -v
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+def _identity(benchmark: str, method: str, cfg: RunConfig, opts: dict[str, Any]) -> dict[str, Any]:
+    conf = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IDENTITY}
+    conf["benchmark"] = dataclasses.asdict(benchmark_options(benchmark, cfg.benchmark))
+    conf["methods"] = {method: opts}
+    return json.loads(json.dumps({"benchmark": benchmark, "method": method, "config": conf}))
+
+
+_DATA_CACHE: dict[str, MultiTaskData] = {}
+
+
+def _data(benchmark: str, cfg: RunConfig, say) -> MultiTaskData:
+    key = json.dumps([benchmark, cfg.seed, cfg.limit, dataclasses.asdict(benchmark_options(benchmark, cfg.benchmark))])
+    if key not in _DATA_CACHE:
+        di = ddp.info()
+        if di.enabled and not di.is_main:
+            ddp.barrier()                    # rank 0 builds first (fills caches such as the text embeddings)
+        data = build_multitask(benchmark, cfg.seed, cfg.benchmark, say=say).limit(cfg.limit, cfg.seed)
+        if di.enabled and di.is_main:
+            ddp.barrier()
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = data
+    return _DATA_CACHE[key]
+
+
+def _numel(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _clone_state(module: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _sha(tensors: Mapping[str, Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        h.update(k.encode())
+        h.update(tensors[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _au_kind(method: str, cfg: RunConfig) -> str:
+    return "adatask" if method.startswith("adatask") else cfg.optimizer
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+def run_multitask(benchmark: str, method: str, cfg: RunConfig, out_dir: str | Path, *, resume: bool = False,
+                  quiet: bool = True, on_checkpoint: Callable[[Path, int], None] | None = None) -> dict[str, Any]:
+    """Train ``method`` on multi-task ``benchmark`` and write OUT/<method>/results.json; returns the results.
+
+    For a method other than ``stl`` the STL baselines OUT/stl/ are trained first unless present for the
+    same benchmark, seed and settings. ``on_checkpoint(path, epoch)`` is called after each checkpoint.
+    """
+    if benchmark not in MULTITASK_BENCHMARKS:
+        raise ConfigError(f"unknown multi-task benchmark {benchmark!r}; choose from {', '.join(MULTITASK_BENCHMARKS)}")
+    opts = method_options(method, cfg)
+    if cfg.precision != "fp32":
+        raise ConfigError(f"precision={cfg.precision} is not supported for multi-task runs; use precision=fp32")
+    di = ddp.info()
+    out_dir = Path(out_dir)
+    run_dir = out_dir / method
+    identity = _identity(benchmark, method, cfg, opts)
+    say = (lambda msg: None) if quiet or not di.is_main else (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+    done = run_dir / "results.json"
+    if resume and done.exists() and not (run_dir / CHECKPOINT).exists():
+        prev = read_json(done, "results")
+        if prev.get("identity") == identity:
+            say(f"[{method}] already complete in {run_dir}: keeping its results")
+            return prev
+
+    data = _data(benchmark, cfg, say)
+    stl = None if method == "stl" else ensure_stl(benchmark, cfg, out_dir, resume=resume, quiet=quiet)
+    return _train(benchmark, method, cfg, opts, data, run_dir, identity, stl, resume, say, on_checkpoint)
+
+
+def ensure_stl(benchmark: str, cfg: RunConfig, out_dir: str | Path, *, resume: bool = False,
+               quiet: bool = True) -> dict[str, Any]:
+    """OUT/stl/results.json for this benchmark, seed and configuration: reused when present, else trained."""
+    path = Path(out_dir) / "stl" / "results.json"
+    identity = _identity(benchmark, "stl", cfg, method_options("stl", cfg))
+    if path.exists() and not (path.parent / CHECKPOINT).exists():
+        prev = read_json(path, "STL results")
+        if prev.get("identity") == identity:
+            return prev
+    if not quiet and ddp.is_main():
+        print(f"[stl] training the single-task baselines for {benchmark} (needed for delta_m)", file=sys.stderr)
+    return run_multitask(benchmark, "stl", cfg, out_dir, resume=resume, quiet=quiet)
+
+
+def _train(benchmark, method, cfg, opts, data: MultiTaskData, run_dir: Path, identity, stl, resume, say,
+           on_checkpoint) -> dict[str, Any]:
+    di = ddp.info()
+    specs = data.tasks
+    names = data.task_names
+    hib = data.higher_is_better()
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda: no CUDA device is available here; use device=cpu")
+    reducer = ddp.GradReducer() if di.enabled else None
+    base_kw = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, seed=cfg.seed, reducer=reducer)
+
+    if method == "stl":
+        model = SingleTaskNets({t: build_model(data, cfg.seed, cfg.model, (t,)) for t in names}).to(device)
+        stepper = _STLStepper(model, specs, optimizer=cfg.optimizer, **base_kw)
+        units = {t: ((t,), model.nets[t]) for t in names}
+    else:
+        model = build_model(data, cfg.seed, cfg.model).to(device)
+        options = {k: v for k, v in opts.items() if k in METHOD_OPTIONS[method]}
+        if method == "uw":
+            options["kinds"] = opts["kinds"] or ["classification" if s.kind == "ce" else "regression" for s in specs]
+        optimizer = opts["variant"] if method.startswith("adatask") else cfg.optimizer
+        stepper = MultiTaskTrainer(model, {s.name: _loss_fn(s) for s in specs}, method, optimizer=optimizer,
+                                   options=options, grad_mode=opts["grad_mode"], **base_kw)
+        units = {"all": (names, model)}
+    stl_val = stl["val_metrics"] if stl is not None else None
+
+    def score(unit: str, val: dict) -> float:
+        if method == "stl":
+            return _signed_primary(val[unit], next(s for s in specs if s.name == unit))
+        return delta_m(val, stl_val, hib)
+
+    train = data.train
+    n, B = len(train), cfg.batch_size
+    ckpt_path = run_dir / CHECKPOINT
+    start_epoch, history, elapsed = 0, [], 0.0
+    best: dict[str, dict[str, Any]] = {}
+    recorder: AURecorder | None = None
+    ckpt = None
+    if resume and ckpt_path.exists():
+        ckpt, _ = load_state(ckpt_path)
+        if ckpt["identity"] != identity:
+            raise ConfigError(f"checkpoint {ckpt_path} was made with other settings: resume with the same "
+                              "benchmark, method and options, or run without --resume to start over")
+        model.load_state_dict(ckpt["model"])
+        start_epoch, history, elapsed, best = ckpt["epoch"], ckpt["history"], ckpt["elapsed"], ckpt["best"]
+        say(f"[{method}] resuming at epoch {start_epoch}/{cfg.epochs} from {ckpt_path}")
+
+    def batch(idx: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        return train.x[idx].to(device), {t: v[idx].to(device) for t, v in train.y.items()}
+
+    # build the optimizer (and the sharing) on the first batch, then restore its state when resuming
+    first = ddp.shard(torch.arange(min(B, n)), di)
+    stepper.prepare(*batch(first))
+    if opts.get("record_au"):
+        shared = [(nm, p) for nm, p in model.named_parameters() if nm in set(stepper.sharing.shared)]
+        if not shared:
+            raise ConfigError(f"{method}.record_au: the model has no shared parameters to record")
+        recorder = AURecorder.for_params(shared, len(names), _au_kind(method, cfg), lr=cfg.lr, gamma=opts["au_gamma"])
+        stepper.recorder = recorder
+    if ckpt is not None:
+        stepper.load_state_dict(ckpt["stepper"])
+        if recorder is not None and ckpt.get("au") is not None:
+            recorder.load_state_dict(ckpt["au"])
+        torch.set_rng_state(ckpt["rng"])
+
+    from taskshare.methods.base import task_seed
+
+    start = time.perf_counter() - elapsed
+    model.train()
+    for epoch in range(start_epoch, cfg.epochs):
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(task_seed(cfg.seed, 0, salt=100 + epoch)))
+        sums = torch.zeros(len(names), dtype=torch.float64)
+        steps = 0
+        for s in range(0, n, B):
+            glob = perm[s:s + B]
+            idx = ddp.shard(glob, di)
+            if reducer is not None:
+                reducer.set_shard(len(idx), len(glob))
+            losses = stepper.step(*batch(idx))
+            lv = torch.tensor([losses[t] for t in names], dtype=torch.float64)
+            if not torch.isfinite(lv).all():
+                bad = names[int((~torch.isfinite(lv)).nonzero()[0])]
+                raise TrainingError(f"{method}: the loss of task {bad!r} became non-finite in epoch {epoch + 1}; "
+                                    "lower the learning rate (--set lr=...)")
+            sums += lv
+            steps += 1
+        stepper.end_epoch()
+        val = evaluate(model, data.val, specs, cfg.eval_batch_size, device)
+        for unit, (tasks, module) in units.items():
+            sc = score(unit, val)
+            if unit not in best or sc > best[unit]["score"]:
+                best[unit] = {"epoch": epoch + 1, "score": sc, "state": _clone_state(module),
+                              "val": {t: val[t] for t in tasks}}
+        entry = {"epoch": epoch + 1, "train_loss": dict(zip(names, (sums / max(steps, 1)).tolist())),
+                 "val_metrics": val, "time_s": round(time.perf_counter() - start, 3)}
+        if method != "stl":
+            entry["val_delta_m"] = score("all", val)
+        if getattr(stepper, "last_weights", None) is not None:
+            entry["loss_weights"] = dict(zip(names, stepper.last_weights))
+        history.append(entry)
+        say(f"[{method}] epoch {epoch + 1}/{cfg.epochs}: train loss "
+            + " ".join(f"{t}={v:.4g}" for t, v in entry["train_loss"].items())
+            + (f", val delta_m {entry['val_delta_m']:+.2f}%" if "val_delta_m" in entry else "")
+            + f" ({entry['time_s']:.1f}s)")
+        state = {"identity": identity, "epoch": epoch + 1, "model": model.state_dict(),
+                 "stepper": stepper.state_dict(), "best": best, "history": history,
+                 "elapsed": time.perf_counter() - start, "rng": torch.get_rng_state(),
+                 "au": recorder.state_dict() if recorder is not None else None}
+        if di.is_main:
+            save_state(ckpt_path, state)
+        ddp.barrier()
+        if on_checkpoint is not None:
+            on_checkpoint(ckpt_path, epoch + 1)
+
+    # the selected epoch(s): validation only
+    for unit, (_, module) in units.items():
+        module.load_state_dict(best[unit]["state"])
+    test = evaluate(model, data.test, specs, cfg.eval_batch_size, device)
+    val_metrics = {t: v for unit in units for t, v in best[unit]["val"].items()}
+    time_s = time.perf_counter() - start
+    results = _results(benchmark, method, cfg, opts, data, model, units, best, test, val_metrics, history,
+                       stl, identity, time_s, run_dir, recorder, di.is_main)
+    if di.is_main:
+        atomic_write_json(run_dir / "results.json", results)
+        if ckpt_path.exists():
+            ckpt_path.unlink()
+        if recorder is not None:
+            _au_compare(run_dir.parent)
+    ddp.barrier()
+    dm = results.get("delta_m")
+    say(f"[{method}] test " + "; ".join(f"{t}: " + ", ".join(f"{m}={v:.4f}" for m, v in ms.items())
+                                        for t, ms in test.items())
+        + (f"; delta_m {dm:+.2f}%" if dm is not None else "") + f"; wrote {run_dir / 'results.json'}")
+    return results
+
+
+def _results(benchmark, method, cfg, opts, data, model, units, best, test, val_metrics, history, stl, identity,
+             time_s, run_dir, recorder, write) -> dict[str, Any]:
+    from taskshare.engine.runner import peak_rss_mb, versions
+
+    names = list(data.task_names)
+    hib = data.higher_is_better()
+    art = run_dir / "artifacts"
+    sizes: dict[str, int] = {}
+    if method == "stl":
+        base, added = 0, [_numel(model.nets[t]) for t in names]
+        for t in names:
+            st = model.nets[t].state_dict()
+            sizes[t] = save_tensors(art / f"{_safe(t)}.safetensors", st, {"task": t, "kind": "single-task network"}) \
+                if write else 0
+    else:
+        base, added = _numel(model.encoder), [_numel(model.heads[t]) for t in names]
+        enc = model.encoder.state_dict()
+        fp = _sha(enc)
+        if write:
+            save_tensors(art / "base.safetensors", enc, {"kind": "shared encoder", "sha256": fp})
+        for t in names:
+            st = model.heads[t].state_dict()
+            sizes[t] = save_tensors(art / f"{_safe(t)}.safetensors", st, {"task": t, "base_sha256": fp}) \
+                if write else 0
+    accs = [test[t].get("acc") for t in names]
+    if all(a is not None for a in accs):
+        acc_matrix = [[None] * len(names) for _ in range(len(names) - 1)] + [accs]
+        avg_acc = sum(accs) / len(accs)
+    else:
+        acc_matrix, avg_acc = None, None
+    res: dict[str, Any] = {
+        "benchmark": benchmark, "method": method, "seed": cfg.seed, "tasks": names,
+        "acc_matrix": acc_matrix, "avg_acc": avg_acc, "bwt": None, "fwt": None, "forgetting": None,
+        "task_metrics": test, "val_metrics": val_metrics, "higher_is_better": hib,
+        "primary_metric": {s.name: s.primary for s in data.tasks},
+        "best_epoch": ({t: best[t]["epoch"] for t in names} if method == "stl" else best["all"]["epoch"]),
+        "stl_baseline": None, "delta_m": None, "val_delta_m": None,
+        "params": {"base": base, "added_per_task": added, "total": base + sum(added)},
+        "artifact_bytes": sizes,
+        "time_s": round(time_s, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
+        "world_size": ddp.info().world_size,
+        "optimizer": (f"adatask-{opts['variant']}" if method.startswith("adatask") else cfg.optimizer),
+        "method_options": opts,
+        "data": {"train": len(data.train), "val": len(data.val), "test": len(data.test), **data.source},
+        "history": history,
+        "config": cfg.to_dict(), "identity": identity, "versions": versions(),
+    }
+    if stl is not None:
+        res["stl_baseline"] = {"path": str(run_dir.parent / "stl" / "results.json"), "method": "stl",
+                               "config": stl["config"], "best_epoch": stl["best_epoch"],
+                               "task_metrics": stl["task_metrics"], "val_metrics": stl["val_metrics"]}
+        res["delta_m"] = delta_m(test, stl["task_metrics"], hib)
+        res["val_delta_m"] = delta_m(val_metrics, stl["val_metrics"], hib)
+    if recorder is not None:
+        res["au"] = {"kind": recorder.kind, "gamma": recorder.gamma, "steps": recorder.t, "stat": "mean",
+                     "shares": recorder.shares("mean"), "lr_shares": recorder.lr_shares("mean")}
+        if write:
+            plot_au({method: res["au"]["shares"]}, run_dir / "au.png", tasks=names,
+                    title=f"{benchmark}: rAU per shared layer")
+    return res
+
+
+def _au_compare(out_dir: Path) -> Path | None:
+    """OUT/au_compare.png: one panel per run in OUT that recorded AU (e.g. ew under Adam vs adatask)."""
+    panels, tasks = {}, None
+    for f in sorted(out_dir.glob("*/results.json")):
+        try:
+            r = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(r.get("au"), dict) and r["au"].get("shares"):
+            panels[f"{r['method']} ({r.get('optimizer', '?')})"] = r["au"]["shares"]
+            tasks = r["tasks"]
+    if not panels:
+        return None
+    return plot_au(panels, out_dir / "au_compare.png", tasks=tasks, title="rAU per shared layer")
+
+
+# ------------------------------------------------------------------------------------------ table
+
+def multitask_table(results: list[dict], markdown: bool = False) -> str:
+    """One row per run: each task's test metrics, Δm vs STL (%), validation Δm, selected epoch, time (s).
+    Plain aligned text, or a Markdown table with ``markdown=True``."""
+    if not results:
+        return ""
+    tasks = results[0]["tasks"]
+    hib = results[0].get("higher_is_better", {})
+    cols = [(t, m) for t in tasks for m in results[0]["task_metrics"][t]]
+    arrow = lambda t, m: "" if t not in hib else (" ↑" if hib[t][m] else " ↓")  # noqa: E731
+    header = ["method"] + [f"{t} {m}{arrow(t, m)}" for t, m in cols] + ["Δm (%)", "val Δm (%)", "epoch",
+                                                                        "time (s)"]
+    rows = []
+    for r in results:
+        dm, vdm = r.get("delta_m"), r.get("val_delta_m")
+        ep = r.get("best_epoch")
+        ep = ",".join(str(v) for v in ep.values()) if isinstance(ep, dict) else str(ep)
+        rows.append([r["method"]] + [f"{r['task_metrics'][t][m]:.4f}" for t, m in cols]
+                    + ["-" if dm is None else f"{dm:+.2f}", "-" if vdm is None else f"{vdm:+.2f}", ep,
+                       f"{r['time_s']:.1f}"])
+    if markdown:
+        return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                         + ["| " + " | ".join(r) + " |" for r in rows])
+    w = [max(len(c) for c in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(c.ljust(w[0]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(cells))  # noqa: E731
+    return "\n".join([line(header), line(["-" * x for x in w])] + [line(r) for r in rows])
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m taskshare.multitask.runner",
+                                description="multi-task runs (mirrors `taskshare run` for multi-output benchmarks)")
+    p.add_argument("benchmark", choices=list(MULTITASK_BENCHMARKS))
+    p.add_argument("--method", "-m", default="stl,ew,adatask",
+                   help="comma-separated methods (stl, ew, ..., adatask+pcgrad)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--limit", type=int, help="cap on training samples (quick runs)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", default=None, help="output directory (default: runs/<benchmark>)")
+    p.add_argument("--config", help="YAML or TOML file of settings")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="e.g. --set optimizer=adam --set lr=0.001 --set adatask.variant=rmsprop "
+                        "--set adatask.record_au=true --set benchmark.n_reviews=2000")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--device", choices=("cpu", "cuda"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from taskshare.engine.config import build_config, load_file, merge, parse_set
+
+    args = _parser().parse_args(argv)
+    try:
+        ddp.init_from_env()
+        raw = load_file(args.config) if args.config else {}
+        raw = merge(raw, parse_set(args.sets))
+        for key in ("epochs", "limit", "seed", "device"):
+            if getattr(args, key) is not None:
+                raw[key] = getattr(args, key)
+        cfg = build_config(raw, multitask_method_options())
+        methods = [m.strip() for m in args.method.split(",") if m.strip()]
+        for m in methods:
+            method_options(m, cfg)
+        out = Path(args.out or Path("runs") / args.benchmark)
+        results = [run_multitask(args.benchmark, m, cfg, out, resume=args.resume, quiet=args.quiet) for m in methods]
+        if ddp.is_main():
+            print(multitask_table(results))
+        return 0
+    except TaskshareError as e:
+        print(f"taskshare: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("taskshare: interrupted; continue with the same command and --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
