@@ -38,7 +38,6 @@ writes every file.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -57,7 +56,7 @@ from torch import Tensor, nn
 from taskshare.core.serialize import atomic_write_json, load_state, read_json, save_state, save_tensors
 from taskshare.engine import distributed as ddp
 from taskshare.engine.config import RunConfig, check_options
-from taskshare.errors import ConfigError, TaskshareError, TrainingError
+from taskshare.errors import ConfigError, TrainingError
 from taskshare.multitask.adatask import VARIANTS
 from taskshare.multitask.au import AURecorder, plot_au
 from taskshare.multitask.benchmarks import (
@@ -591,52 +590,11 @@ def multitask_table(results: list[dict], markdown: bool = False) -> str:
 
 # ------------------------------------------------------------------------------------------ CLI
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m taskshare.multitask.runner",
-                                description="multi-task runs (mirrors `taskshare run` for multi-output benchmarks)")
-    p.add_argument("benchmark", choices=list(MULTITASK_BENCHMARKS))
-    p.add_argument("--method", "-m", default="stl,ew,adatask",
-                   help="comma-separated methods (stl, ew, ..., adatask+pcgrad)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--limit", type=int, help="cap on training samples (quick runs)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--out", default=None, help="output directory (default: runs/<benchmark>)")
-    p.add_argument("--config", help="YAML or TOML file of settings")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="e.g. --set optimizer=adam --set lr=0.001 --set adatask.variant=rmsprop "
-                        "--set adatask.record_au=true --set benchmark.n_reviews=2000")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
-    p.add_argument("--quiet", "-q", action="store_true")
-    p.add_argument("--device", choices=("cpu", "cuda"))
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
-    from taskshare.engine.config import build_config, load_file, merge, parse_set
+    """`python -m taskshare.multitask.runner BENCHMARK ...` is `taskshare run BENCHMARK ...` (one code path)."""
+    from taskshare.cli import main as cli_main
 
-    args = _parser().parse_args(argv)
-    try:
-        ddp.init_from_env()
-        raw = load_file(args.config) if args.config else {}
-        raw = merge(raw, parse_set(args.sets))
-        for key in ("epochs", "limit", "seed", "device"):
-            if getattr(args, key) is not None:
-                raw[key] = getattr(args, key)
-        cfg = build_config(raw, multitask_method_options())
-        methods = [m.strip() for m in args.method.split(",") if m.strip()]
-        for m in methods:
-            method_options(m, cfg)
-        out = Path(args.out or Path("runs") / args.benchmark)
-        results = [run_multitask(args.benchmark, m, cfg, out, resume=args.resume, quiet=args.quiet) for m in methods]
-        if ddp.is_main():
-            print(multitask_table(results))
-        return 0
-    except TaskshareError as e:
-        print(f"taskshare: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("taskshare: interrupted; continue with the same command and --resume", file=sys.stderr)
-        return 130
+    return cli_main(["run", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
