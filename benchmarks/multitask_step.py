@@ -2,8 +2,10 @@
 
 Two shared encoders with K linear heads (cross-entropy, 10 classes each), batch 128, random inputs:
 
-- ``mlp``: 784-256-256 MLP (ReLU); the per-task gradients are batched (``grad_mode=auto``);
-- ``cnn``: LeNet on 1x36x36 (the MultiMNIST encoder: conv5(10)-pool-conv5(20)-pool-FC(50)); loop.
+- ``mlp``: 784-256-256 MLP (ReLU);
+- ``cnn``: LeNet on 1x36x36 (the MultiMNIST encoder: conv5(10)-pool-conv5(20)-pool-FC(50)).
+
+Per-task gradients use ``grad_mode=auto`` (the loop on CPU; see multitask/gradients.py).
 
 Table 1: the median time of one ``MultiTaskTrainer.step`` (forward, the method's backward work, the
 optimizer step; Adam, lr 1e-3) divided by the ``ew`` step, for K = 2, 3, 10.

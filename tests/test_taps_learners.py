@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from taskshare.core.serialize import load_tensors
 from taskshare.engine.config import check_options
@@ -194,6 +195,7 @@ def test_two_stage_trains_the_base_with_heads_then_freezes_it(stream, cfg):
 @pytest.mark.parametrize("method, model, stop_at, extra", [
     ("taps", "mlp", 2, {}),                             # mid task 0, while it trains the base
     ("taps", "cnn", 4, {}),                             # mid task 1: TAPS on the frozen base, penalty on
+    ("taps", "cnn", 4, {"accumulate": 4, "lr_schedule": "cosine"}),  # leftover gradient in the checkpoint
     ("taps-joint", "mlp", 2, {}),
     ("taps-two-stage", "cnn", 1, {"joint_epochs": 2}),  # inside the joint stage: its shared norms restored
     ("taps-two-stage", "mlp", 2, {}),                   # inside the TAPS stage
@@ -240,3 +242,179 @@ def test_report_counts_and_png(stream, cfg, tmp_path):
     out = plot_layers(learner, tmp_path / "layers.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["layers.png"]
+
+
+# ----------------------------------------------------- official-compat mechanics (spec §7 item 9, §4 item 5)
+class OfficialStandIn(torch.nn.Module):
+    """A two-conv ResNet stand-in: bias-free convs (as every official conv) + BN + ReLU, global average pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(1, 3, 3, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(3)
+        self.conv2 = torch.nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(4)
+        self.out_dim = 4
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(x))).mean((2, 3))
+
+
+# learner slot / shared name -> name in the reference; `w*` are the frozen base weights
+OFFICIAL_NAMES = {"backbone.conv1.weight": "w1", "backbone.conv1.delta": "d1", "backbone.conv1.score": "s1",
+                  "backbone.bn1.weight": "g1", "backbone.bn1.bias": "b1", "backbone.bn1.running_mean": "m1",
+                  "backbone.bn1.running_var": "v1", "backbone.conv2.weight": "w2", "backbone.conv2.delta": "d2",
+                  "backbone.conv2.score": "s2", "backbone.bn2.weight": "g2", "backbone.bn2.bias": "b2",
+                  "backbone.bn2.running_mean": "m2", "backbone.bn2.running_var": "v2",
+                  "head.weight": "hw", "head.bias": "hb"}
+REF_TRAINED = ("d1", "s1", "g1", "b1", "d2", "s2", "g2", "b2", "hw", "hb")
+
+
+def reference_official(init, batches, *, lr, momentum, lam, accumulate, batches_per_epoch):
+    """The official train_sequential.py loop written out on plain tensors (no taskshare code).
+
+    Gated conv: W + 1[s >= 0.1]·ΔW with a straight-through gate (value 1[s >= τ], derivative 1 in s).
+    Loss per batch: λ·Σ|s_i|/52 + CE (penalty on from the first batch). Every batch adds its gradient;
+    after batch i of an epoch with i % accumulate == 0: p -= lr·buf, buf = g (first step) or μ·buf + g
+    (torch SGD, no dampening/Nesterov/wd), then the gradient is zeroed; it is NOT zeroed at an epoch start.
+    Returns (per-batch losses, tensors after each optimizer step, tensors after the last batch).
+    """
+    p = {n: t.detach().clone() for n, t in init.items()}
+    for n in REF_TRAINED:
+        p[n].requires_grad_(True)
+
+    def gate(s):
+        return (s >= 0.1).to(s.dtype) + (s - s.detach())  # s - s.detach() is exactly 0: value stays 0/1
+
+    def bn(h, i):
+        return F.batch_norm(h, p[f"m{i}"], p[f"v{i}"], p[f"g{i}"], p[f"b{i}"], training=True, momentum=0.1,
+                            eps=1e-5)
+
+    grads = dict.fromkeys(REF_TRAINED)
+    buf: dict = {}
+    losses, steps = [], []
+    for b, (x, y) in enumerate(batches):
+        h = torch.relu(bn(F.conv2d(x, p["w1"] + gate(p["s1"]) * p["d1"]), 1))
+        h = torch.relu(bn(F.conv2d(h, p["w2"] + gate(p["s2"]) * p["d2"], padding=1), 2))
+        logits = F.linear(h.mean((2, 3)), p["hw"], p["hb"])
+        loss = lam * sum([abs(p["s1"]), abs(p["s2"])]) / 52 + F.cross_entropy(logits, y)
+        losses.append(loss.detach())
+        for n, g in zip(REF_TRAINED, torch.autograd.grad(loss, [p[n] for n in REF_TRAINED])):
+            grads[n] = g if grads[n] is None else grads[n] + g
+        if (b % batches_per_epoch) % accumulate == 0:
+            with torch.no_grad():
+                for n in REF_TRAINED:
+                    buf[n] = grads[n].clone() if n not in buf else momentum * buf[n] + grads[n]
+                    p[n] -= lr * buf[n]
+            grads = dict.fromkeys(REF_TRAINED)
+            steps.append({n: t.detach().clone() for n, t in p.items()})
+    return losses, steps, {n: t.detach().clone() for n, t in p.items()}
+
+
+def official_learner(cfg, accumulate, n_train, batch_size, lam, score2):
+    torch.manual_seed(5)
+    base = OfficialStandIn()
+    cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.optimizer = batch_size, 0.05, 0.9, 0.0, "sgd"
+    opts = Taps.Options(backbone="model", penalty="official", lambda_=lam, warmup_epochs=0, accumulate=accumulate)
+    task = make_stream(1, n=n_train)[0]
+    learner = Taps(cfg, opts, task.input_shape, backbone_module=base)
+    learner.begin_task(task, 0)
+    with torch.no_grad():  # the second layer starts just above tau, so step 0 switches it off
+        learner.tt.tensors(task.name)["backbone.conv2.score"].fill_(score2)
+    x, y = task.train.to_tensors()
+    batches = [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, n_train, batch_size)]
+    return learner, task, batches
+
+
+def learner_tensors(learner, task):
+    named = {**learner.tt.shared_named_tensors(), **learner.tt.tensors(task)}
+    return {OFFICIAL_NAMES[n]: t.detach().clone() for n, t in named.items() if n in OFFICIAL_NAMES}
+
+
+def assert_close(ours, ref, what, atol=1e-6):
+    for n in ref:
+        err = (ours[n] - ref[n]).abs().max().item()
+        assert err <= atol, f"{what}: {n} differs from the official reference by {err:.3g}"
+
+
+def test_official_compat_step0_step1_known_answer(cfg):
+    lr, mu, lam, k = 0.05, 0.9, 4.0, 8
+    learner, task, batches = official_learner(cfg, k, n_train=36, batch_size=4, lam=lam, score2=0.102)
+    assert len(batches) == 9  # one epoch: step 0 after batch 0, step 1 after batches 1..8 (summed)
+    init = learner_tensors(learner, task.name)
+    losses, steps, _ = reference_official(init, batches, lr=lr, momentum=mu, lam=lam, accumulate=k,
+                                          batches_per_epoch=9)
+    assert len(steps) == 2
+    ours_losses, snapshots = [], []
+    for x, y in batches:
+        ours_losses.append(learner.observe(x, y))
+        snapshots.append(learner_tensors(learner, task.name))
+    # step 0 (after batch 0): the deltas are 0, so dL/ds_i is the penalty's λ/52 alone (sign(s) = +1)
+    penalty_grad = torch.tensor(lam / 52)
+    for n, s0 in (("s1", 0.15), ("s2", 0.102)):
+        expected = torch.tensor(s0) - lr * penalty_grad
+        assert abs(snapshots[0][n] - expected) <= 1e-7, f"{n} after step 0: {snapshots[0][n]} != {expected}"
+        assert abs(steps[0][n] - expected) <= 1e-7  # the reference agrees with the closed form
+    assert snapshots[0]["s1"] >= 0.1 > snapshots[0]["s2"]  # conv2 is off for the whole step-1 window
+    assert torch.count_nonzero(snapshots[0]["d1"]) > 0 and torch.count_nonzero(snapshots[0]["d2"]) > 0
+    assert_close(snapshots[0], steps[0], "after step 0")
+    # batches 1..7 only accumulate: nothing trained moves (BN running statistics do, every batch)
+    for snap in snapshots[1:8]:
+        assert all(torch.equal(snap[n], snapshots[0][n]) for n in REF_TRAINED)
+    # step 1 (after batch 8): 8 summed batch gradients, the penalty's counted 8 times, momentum on step 0
+    assert_close(snapshots[8], steps[1], "after step 1")
+    assert (snapshots[8]["s1"] - snapshots[0]["s1"]).abs() > 8 * lr * lam / 52  # the 8x penalty (+ momentum)
+    assert not torch.equal(snapshots[8]["d2"], snapshots[0]["d2"])  # an off delta still moves by momentum
+    assert torch.equal(snapshots[8]["w1"], init["w1"]) and torch.equal(snapshots[8]["w2"], init["w2"])
+    # loss of every batch: λ·Σ|s|/52 + CE, at step 0 λ·(0.15 + 0.102)/52 + CE of the base model
+    torch.testing.assert_close(torch.stack(ours_losses), torch.stack(losses), rtol=0, atol=1e-6)
+    assert any(abs(a - b) > 1e-3 for a, b in zip(losses[1:], losses[:-1]))
+
+
+@pytest.mark.parametrize("accumulate", [2, 8])
+def test_official_accumulation_carries_the_epoch_leftover_and_drops_the_last(accumulate, cfg):
+    cfg.epochs = 2
+    learner, task, batches = official_learner(cfg, accumulate, n_train=16, batch_size=4, lam=1.0, score2=0.15)
+    init = learner_tensors(learner, task.name)
+    stream = batches + batches  # two epochs of 4 batches (same order, the learner counts the epochs)
+    losses, steps, last = reference_official(init, stream, lr=0.05, momentum=0.9, lam=1.0,
+                                             accumulate=accumulate, batches_per_epoch=4)
+    assert len(steps) == {2: 4, 8: 2}[accumulate]
+    ours = [learner.observe(x, y) for x, y in stream]
+    torch.testing.assert_close(torch.stack(ours), torch.stack(losses), rtol=0, atol=1e-6)
+    assert_close(learner_tensors(learner, task.name), last, "after 2 epochs")
+    ts = learner.tt.tensors(task.name)
+    assert ts["backbone.conv1.score"].grad is not None  # the last epoch's leftover, not stepped on
+    learner.end_task(task)
+    assert all(t.grad is None for t in ts.values())  # ... and dropped at the task end, as the official script
+
+
+def test_cosine_schedule_is_the_official_cosine_annealing(stream, cfg):
+    cfg.epochs, cfg.lr = 4, 0.2
+    learner = Taps(cfg, Taps.Options(backbone="model", lr_schedule="cosine"), stream[0].input_shape)
+    official = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(official, T_max=cfg.epochs - 1)  # `epochs` = E + 1
+    learner.begin_task(stream[0], 0)
+    x, y = stream[0].train.to_tensors()
+    for epoch in range(cfg.epochs):
+        learner.set_epoch(epoch)
+        learner.observe(x[:8], y[:8])
+        assert [g["lr"] for g in learner.optimizer.param_groups] == pytest.approx(
+            [official.param_groups[0]["lr"]] * len(learner.optimizer.param_groups), abs=1e-12)
+        official.step()
+        scheduler.step()
+    assert learner.optimizer.param_groups[0]["lr"] == 0.0  # the official extra epoch trains at lr 0
+
+
+def test_official_mechanics_options_are_checked():
+    o = check_options(Taps.Options, {"accumulate": "8", "lr_schedule": "cosine"}, "taps")
+    assert (o.accumulate, o.lr_schedule) == (8, "cosine")
+    assert (Taps.Options().accumulate, Taps.Options().lr_schedule) == (1, "constant")
+    for cls, section, values, message in [
+            (Taps.Options, "taps", {"accumulate": "0"}, "taps.accumulate must be >= 1"),
+            (Taps.Options, "taps", {"lr_schedule": "step"}, "taps.lr_schedule='step' is unknown"),
+            (TapsJoint.Options, "taps-joint", {"accumulate": "8"}, "only supported by method taps"),
+            (TapsTwoStage.Options, "taps-two-stage", {"lr_schedule": "cosine"}, "only supported by method taps")]:
+        with pytest.raises(ConfigError, match=message):
+            check_options(cls, values, section)

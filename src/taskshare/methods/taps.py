@@ -83,8 +83,36 @@ the folded weights of `merged_model`, so exported, merged and trained outputs ag
   stage-1 heads are kept for stage 2 (the official sequential script re-initialises the head because its
   hand-off is broken, spec §4 pitfall 7); the stage-1 shared norms are each task's starting norms.
 
-Not replicated from the official recipe (runner-level choices): gradient accumulation over 8 batches with
-summed gradients (use ``batch_size``), cosine learning-rate schedule, model selection on test error.
+**Official-compat mode** (sequential ``taps`` only). The official ``train_sequential.py`` (``train()``, lines
+19-46; ``_finetune()``, lines 83-143) adds λ·Σ|s_i|/52 to every batch's loss from epoch ``warmup+1`` on, calls
+``backward()`` on every batch, and steps the optimizer (then zeroes the gradients) only after batch i of an
+epoch with ``i % 8 == 0``: the first step after batch 0 alone, then one per 8 summed (not averaged) batch
+gradients, the penalty's gradient summed 8 times too. Gradients are never zeroed at an epoch start, so the
+batches after an epoch's last step carry into the next epoch's first step (those of the last epoch are
+dropped). The optimizer is SGD momentum 0.9, no Nesterov, wd 0; the lr follows CosineAnnealingLR(T_max=E)
+stepped per epoch over E+1 epochs (the last one at lr 0). Two options reproduce this:
+
+- ``accumulate`` (default 1: zero the gradients, backward, step on every batch, the usual loop). With
+  ``accumulate=k > 1``: backward on every batch and a step (then zeroed gradients) after batch i of an
+  epoch when i % k == 0, the batch index counted from each epoch start; the gradient left at an epoch end
+  carries over (and is kept in checkpoints) and the one left at the task end is dropped. Official: 8.
+- ``lr_schedule=cosine`` (default ``constant``): lr·(1 + cos(π·e/(epochs−1)))/2 in epoch e of each task.
+
+So ``--set taps.backbone=model taps.penalty=official taps.accumulate=8 taps.lr_schedule=cosine
+taps.warmup_epochs=3 optimizer=sgd momentum=0.9 weight_decay=0 lr=0.005 batch_size=32 epochs=31`` (with the
+pretrained base given as ``backbone_module``) runs the official ``--lr 0.005 --epochs 30 --warmup_epochs 2``
+mechanics: from the same initial tensors and batches, every score, delta, norm, head and loss follows the
+official update to float rounding (its penalty rounds λ·Σ|s|/52 in another order), as the known-answer
+test ``test_official_compat_step0_step1_known_answer`` checks against an independent re-implementation.
+They are not the default because summing 8 batches' gradients makes the effective lr depend on
+``accumulate`` and the batch size, and the 8× penalty makes λ's meaning depend on it too; by default one
+batch is one step, λ is counted once per step, and the lr is constant, like every other taskshare method.
+Not reproduced: the official data pipeline (RandomResizedCrop/flip augmentation, ImageFolder order), the
+head's initial values (same Kaiming-uniform distribution, drawn from taskshare's task seed instead of the
+global RNG), Nesterov (``train_sequential.py`` ignores its ``--optimizer nag``), weight decay on scores and
+deltas when ``--wd`` > 0 (pitfall 10), ``--score_lr`` (unused by the official code too), and model selection
+on test error (pitfall 4). taps-joint/taps-two-stage step on every batch (the official ``train_joint.py``
+does too); they reject these options.
 
 Transformers: ``layer_types=("Linear",)`` gates the query/key/value/output projections and the MLP layers
 (e.g. BertModel's ``query``, ``key``, ``value``, ``dense``) and LayerNorms become task-specific, the analogue of
@@ -129,6 +157,7 @@ TAU = 0.1
 SCORE_INIT = 0.15
 OFFICIAL_N = 52  # the official code's hard-coded normaliser (ResNet-50 has 53 convs)
 PENALTIES = ("official", "size-weighted")
+LR_SCHEDULES = ("constant", "cosine")
 LAYER_TYPES: dict[str, type[nn.Module]] = {"Linear": nn.Linear, "Conv1d": nn.Conv1d, "Conv2d": nn.Conv2d,
                                            "Conv3d": nn.Conv3d}
 DEFAULT_LAYER_TYPES = ("Conv2d", "Linear")
@@ -431,6 +460,14 @@ def _check_common(o, section: str) -> None:
         raise ConfigError(f"{section}.warmup_epochs must be >= 0, got {o.warmup_epochs}")
     if o.bn_samples < 0:
         raise ConfigError(f"{section}.bn_samples must be >= 0, got {o.bn_samples}")
+    if o.accumulate < 1:
+        raise ConfigError(f"{section}.accumulate must be >= 1 (batches per optimizer step), got {o.accumulate}")
+    if o.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"{section}.lr_schedule={o.lr_schedule!r} is unknown: choose one of "
+                          f"{', '.join(LR_SCHEDULES)}")
+    if not o.OFFICIAL_MECHANICS and (o.accumulate != 1 or o.lr_schedule != "constant"):
+        raise ConfigError(f"{section}.accumulate and {section}.lr_schedule are the official sequential script's "
+                          "mechanics and only supported by method taps: leave them at 1 and constant")
     if o.backbone not in o.BACKBONES:
         raise ConfigError(f"{section}.backbone={o.backbone!r} is not valid: choose one of {', '.join(o.BACKBONES)}")
     bad = [t for t in o.layer_types if t not in LAYER_TYPES]
@@ -452,9 +489,15 @@ class TapsOptions:
     backbone: str = "first-task"         # first-task | model (see the module docstring)
     bn_samples: int = 0                  # sequential taps: re-estimate the task's BN statistics at its end on
                                          # this many training samples (0: off, the running averages are kept)
+    accumulate: int = 1                  # official-compat (sequential taps only): sum the gradients of the
+                                         # batches, step after batch i of an epoch when i % accumulate == 0
+                                         # (official 8); the leftover carries into the next epoch
+    lr_schedule: str = "constant"        # constant | cosine (official-compat, sequential taps only: per-epoch
+                                         # cosine over each task, last epoch at lr 0)
 
     SECTION: ClassVar[str] = "taps"
     BACKBONES: ClassVar[tuple[str, ...]] = ("first-task", "model")
+    OFFICIAL_MECHANICS: ClassVar[bool] = True  # accumulate / lr_schedule supported
 
     def __post_init__(self) -> None:
         self.layer_types = (self.layer_types,) if isinstance(self.layer_types, str) else tuple(self.layer_types)
@@ -468,6 +511,7 @@ class TapsJointOptions(TapsOptions):
     backbone: str = "model"
     SECTION: ClassVar[str] = "taps-joint"
     BACKBONES: ClassVar[tuple[str, ...]] = ("model",)
+    OFFICIAL_MECHANICS: ClassVar[bool] = False
 
 
 @dataclass
@@ -629,6 +673,8 @@ class Taps(_TapsLearner):
     def __init__(self, cfg, options, input_shape, backbone_module: nn.Module | None = None):
         super().__init__(cfg, options, input_shape, backbone_module)
         self.first: str | None = None  # the task that trained the base (backbone="first-task")
+        self._epoch_at = -1            # the epoch of the last observed batch
+        self._batch = 0                # batches observed in that epoch (the official batch index i)
 
     def begin_task(self, task, index: int) -> None:
         trains_base = self.options.backbone == "first-task" and index == 0
@@ -640,6 +686,7 @@ class Taps(_TapsLearner):
         self.current = task.name
         self.tt.activate(task.name)
         self.seen, self.epoch_size = 0, max(1, len(task.train))
+        self._epoch_at, self._batch = -1, 0
         gated, other = self._split(task.name)
         shared = self.tt.shared_parameters(trainable_only=True)
         self.optimizer = self._make_optimizer(shared + other, gated)
@@ -648,22 +695,49 @@ class Taps(_TapsLearner):
             self._warn_warmup(self.cfg.epochs)
 
     def observe(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        o = self.options
+        epoch = self.epoch
+        if epoch != self._epoch_at:  # first batch of an epoch
+            self._epoch_at, self._batch = epoch, 0
+            if o.lr_schedule == "cosine":
+                self._set_lr(epoch)
         self.net.train()
         with self.autocast():
             loss = F.cross_entropy(self.net(x).float(), y)
-        if not self._trains_base and self.options.lambda_ > 0 and self.epoch >= self.options.warmup_epochs:
+        if not self._trains_base and o.lambda_ > 0 and epoch >= o.warmup_epochs:
             loss = loss + self.penalty(self.current)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if o.accumulate == 1:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        else:  # official: every batch adds its gradients (penalty included); step after batch i if i % k == 0
+            loss.backward()
+            if self._batch % o.accumulate == 0:
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        self._batch += 1
         self.seen += len(y)
         return loss.detach()
+
+    def _set_lr(self, epoch: int) -> None:
+        """Official cosine: lr·(1 + cos(π·e/T))/2 in epoch e, T = epochs − 1 (the last epoch at lr 0)."""
+        last = self.cfg.epochs - 1
+        lr = self.cfg.lr * (1 + math.cos(math.pi * min(epoch, last) / last)) / 2 if last > 0 else self.cfg.lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _grad_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors the optimizer may hold gradients for: the current task's and the shared parameters."""
+        out = dict(self.tt.tensors(self.current)) if self.current in self.tt else {}
+        return {**out, **self.tt.shared_named_tensors()}
 
     @torch.no_grad()
     def end_task(self, task) -> None:
         """With ``bn_samples``: replace the task's BN running averages (which lag behind deltas that were still
         changing, badly so on short runs from a pretrained base) by the equal-weight average over the first
         ``bn_samples`` training samples, as model patches do (`Patches.recompute_bn`)."""
+        if self.optimizer is not None:  # a gradient left over by accumulation is dropped, as the official
+            self.optimizer.zero_grad(set_to_none=True)  # script ends without a step for it
         bns = [m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
                and m.track_running_stats]
         if not self.options.bn_samples or not bns:
@@ -684,11 +758,23 @@ class Taps(_TapsLearner):
                     m.momentum = momentum
 
     def extra_state(self) -> dict[str, Any]:
-        return {**super().extra_state(), "first": self.first}
+        state = {**super().extra_state(), "first": self.first, "epoch_at": self._epoch_at, "batch": self._batch}
+        if self.options.accumulate > 1:  # the summed gradient not yet stepped on (at an epoch end: the leftover)
+            state["grads"] = {n: t.grad.detach().clone() for n, t in self._grad_tensors().items()
+                              if t.grad is not None}
+        return state
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         super().load_extra_state(state)
         self.first = state["first"]
+        self._epoch_at, self._batch = int(state.get("epoch_at", -1)), int(state.get("batch", 0))
+        if "grads" in state:
+            tensors = self._grad_tensors()
+            for t in tensors.values():
+                t.grad = None
+            for n, g in state["grads"].items():
+                t = tensors[n]
+                t.grad = g.to(device=t.device, dtype=t.dtype).clone()
 
 
 class TapsJoint(_TapsLearner):

@@ -7,9 +7,12 @@ the Jacobian rows G[k] = d L_k / d theta_s, flattened in parameter order, on the
   retained ``backward`` passes, which is the same computation);
 - ``"batched"``: one ``autograd.grad(stack(L), params, grad_outputs=eye(K), is_grads_batched=True)``, i.e. the
   K vector-Jacobian products vmapped over the rows of the identity;
-- ``"auto"``: ``"batched"`` only when the graph has no convolution or batch-norm node. The timing study
-  (docs: shared/reference/stack.md section 3, K=10, CPU) found batching ~2x faster than the loop on an MLP but
-  0.98-1.21x the loop on conv nets, so the loop is kept where batching does not pay.
+- ``"auto"``: ``"loop"`` on CPU. The timing study in shared/reference/stack.md section 3 (K=10) found batching
+  ~2x faster than the loop on an MLP and 0.98-1.21x the loop on conv nets, but our own measurements on this
+  CPU build did not reproduce the MLP gain: batched was 1.2-1.6x the loop's time for K = 2, 3, 10, with 1 and
+  2 threads, on the 784-256-256 MLP and on the LeNet (BENCHMARKS.md, "Multi-task step cost"). On other
+  devices (not measured here) ``auto`` keeps the study's rule: ``"batched"`` when the model / graph has no
+  convolution or batch-norm, else ``"loop"``. Both modes give the same gradients.
 
 A task whose loss does not reach a parameter (``None`` from autograd) leaves zeros in its row. Which rows
 are structurally missing is available from ``reach_mask`` (graph traversal, no gradient computed).
@@ -109,8 +112,15 @@ def graph_has_conv_or_bn(roots: Iterable[Tensor]) -> bool:
     return False
 
 
-def choose_mode(model: nn.Module) -> str:
-    """``"batched"`` for models without conv / batch-norm modules, else ``"loop"`` (stack.md section 3)."""
+def choose_mode(model: nn.Module, device: torch.device | str | None = None) -> str:
+    """The ``auto`` choice: ``"loop"`` on CPU; elsewhere ``"batched"`` for models without conv / batch-norm.
+
+    ``device`` defaults to the model's (first parameter's) device.
+    """
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if torch.device(device).type == "cpu":
+        return "loop"
     return "loop" if any(isinstance(m, _SLOW_BATCHED) for m in model.modules()) else "batched"
 
 
@@ -138,7 +148,8 @@ def per_task_gradients(losses: Sequence[Tensor], params: Sequence[Tensor], mode:
                        retain_graph: bool = False, out: Tensor | None = None) -> Tensor:
     """Rows ``G[k] = d losses[k] / d params`` flattened: a (K, D) tensor on the parameters' device.
 
-    ``mode`` is "loop", "batched" or "auto" (batched unless ``model`` / the graph has conv or BN).
+    ``mode`` is "loop", "batched" or "auto" (loop on CPU; elsewhere batched unless ``model`` / the graph has
+    conv or BN).
     ``retain_graph=True`` keeps the graph for a later backward (e.g. of the summed loss for the heads).
     ``out`` (K, D) is reused when given. Missing gradients are zeros.
     """
@@ -163,8 +174,12 @@ def per_task_gradients(losses: Sequence[Tensor], params: Sequence[Tensor], mode:
     if not live:
         return out
     if mode == "auto":
-        slow = choose_mode(model) == "loop" if model is not None else graph_has_conv_or_bn(losses[k] for k in live)
-        mode = "loop" if slow else "batched"
+        if model is not None:
+            mode = choose_mode(model, params[0].device)
+        elif params[0].device.type == "cpu" or graph_has_conv_or_bn(losses[k] for k in live):
+            mode = "loop"
+        else:
+            mode = "batched"
     rows = layout.views(out)  # each (K, *shape)
     if mode == "loop":
         for j, k in enumerate(live):
