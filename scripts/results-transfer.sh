@@ -4,7 +4,7 @@
 # with --resume, finished runs are kept, so the script can be rerun after a stop. Then it prints the markdown
 # tables and writes docs/img/taps_layers_*.png (taps_report.plot_layers) and docs/img/taps_lambda_sweep.png.
 # Nothing is selected on test: TAPS's lambda for the main tables was fixed beforehand (the sweep is a curve).
-# Usage: scripts/results-transfer.sh [images|text|lifelong|sweep|dwlr|tables ...]   (default: all, in this order)
+# Usage: scripts/results-transfer.sh [images|text|textlong|lifelong|sweep|dwlr|tables ...]   (default: all, in this order)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TS=".venv/bin/taskshare run --seed 0 --quiet --resume"
@@ -32,6 +32,12 @@ text() {
     $TS transfer-text --method $m $TXT --out $OUT/text
   done
   $TS transfer-text --method taps $TXT $TAPS --set taps.lambda=4 --out $OUT/text
+}
+textlong() {  # the same with all 540 training samples per task and 3 epochs; TAPS lambda 2 as on images
+  for m in head scale-bias+head full; do
+    $TS transfer-text --method $m --epochs 3 --set batch_size=16 --out $OUT/text-long
+  done
+  $TS transfer-text --method taps --epochs 3 --set batch_size=16 $TAPS --set taps.lambda=2 --out $OUT/text-long
 }
 lifelong() {  # domain-stream, SmallCNN: patches on the frozen random CNN; TAPS trains its base on task 1
   for m in head scale-bias+head full; do
@@ -128,12 +134,15 @@ rows = lambda bench: [(m, out / bench / m) for m in patch_methods]  # noqa: E731
 table("transfer-images (MobileNetV2 ImageNet, 32 px; lr 0.01 unless stated)", rows("images")
       + [(f"depthwise+head, lr {lr}", out / f"images-lr-{lr}" / "depthwise+head") for lr in ("0.003", "0.001")]
       + [(f"taps, lambda {lam}", out / f"images-taps-lambda-{lam}" / "taps") for lam in ("0.5", "8")])
-table("transfer-text (MiniLM, 64 tokens)", rows("text"), majority("transfer-text", 256))
+table("transfer-text (MiniLM, 64 tokens), 256 training samples per task, 2 epochs", rows("text"),
+      majority("transfer-text", 256))
+table("transfer-text (MiniLM, 64 tokens), all 540 training samples per task, 3 epochs", rows("text-long"),
+      majority("transfer-text", 540))
 table("domain-stream (SmallCNN; patches on the frozen random CNN, TAPS's base trained on mnist)", rows("lifelong"))
 taps_png(out / "images" / "taps", (1, 28, 28), "docs/img/taps_layers_transfer-images.png",
          "TAPS, ImageNet MobileNetV2 (32 px), lambda 2: task-specific conv layers (dark)")
-taps_png(out / "text" / "taps", (2, 64), "docs/img/taps_layers_transfer-text.png",
-         "TAPS, MiniLM, lambda 4: task-specific linear layers (dark)")
+taps_png(out / "text-long" / "taps", (2, 64), "docs/img/taps_layers_transfer-text.png",
+         "TAPS, MiniLM (540 samples, 3 epochs), lambda 2: task-specific linear layers (dark)")
 taps_png(out / "lifelong" / "taps", (1, 28, 28), "docs/img/taps_layers_domain-stream.png",
          "TAPS, SmallCNN (base trained on mnist), lambda 2: task-specific layers (dark)")
 
@@ -169,6 +178,6 @@ if pts:
     print("\nwrote docs/img/taps_lambda_sweep.png")
 EOF
 }
-for step in "${@:-images text lifelong sweep dwlr tables}"; do
+for step in "${@:-images text textlong lifelong sweep dwlr tables}"; do
   for s in $step; do "$s"; done
 done
