@@ -187,3 +187,13 @@ def test_atomic_write_keeps_old_file_when_serialisation_fails(tmp_path):
         save_state(path, {"a": object()})
     assert path.read_bytes() == good
     assert [p.name for p in tmp_path.iterdir()] == ["s.safetensors"]  # no temporary left behind
+
+
+def test_atomic_write_gives_the_usual_file_mode(tmp_path):
+    import os
+
+    from taskshare.core.serialize import atomic_write_bytes
+    old = os.umask(0o022)
+    os.umask(old)
+    atomic_write_bytes(tmp_path / "f.json", b"{}")
+    assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o666 & ~old  # not mkstemp's 0600

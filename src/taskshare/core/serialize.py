@@ -25,6 +25,8 @@ from taskshare.errors import ArtifactError
 
 _TENSOR = "__tensor__"
 _TUPLE = "__tuple__"
+_UMASK = os.umask(0o022)  # read the process umask (mkstemp files are 0600; written files get the usual mode)
+os.umask(_UMASK)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -34,6 +36,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
