@@ -12,15 +12,24 @@ from taskshare.methods.lifelong.ewc import EWC, diagonal_fisher
 from taskshare.methods.lifelong.lwf import distillation
 from taskshare.models import TaskNet
 
-# PAR has no single base network (each expert is its own TaskTensors; see methods/par/tensors.py), so the
-# base-model invariants below do not apply to it; tests/test_par_*.py check its isolation and accounting.
+# PAR has no single base network (each expert is its own TaskTensors; see methods/par/tensors.py). It joins
+# the invariants that hold per task: it learns and keeps earlier tasks bit-identical (allocation), and a task's
+# artifact round-trips (through PAR.save_artifact / load_artifact: an owner's artifact holds its whole expert,
+# so a fresh learner needs no shared base). "Disabled = the base model" has no PAR counterpart: there is no
+# base to fall back to. tests/test_par_*.py check its reuse, units, isolation and accounting.
 SINGLE_BASE = [m for m in METHODS if m != "par" and m not in PATCH_ALIASES]  # aliases = `patches` + fixed kinds
+PAR_TINY = dict(extractor="raw", channels=8, cells=2, steps=2, search_epochs=1)
 
 
 def options(method):
-    """Default options, except that patches run on the small CNN (the fixture's MLP has no norm layers)."""
+    """Default options, except that patches run on the small CNN (the fixture's MLP has no norm layers) and
+    PAR on tiny experts with raw-input relatedness."""
     cls = METHODS[method]
+    if method == "par":
+        return cls.Options(**PAR_TINY)
     return cls.Options(backbone="cnn") if method.startswith("patches") else cls.Options()
+
+
 SEQUENTIAL = [m for m in SINGLE_BASE if not METHODS[m].offline]
 
 
@@ -38,7 +47,7 @@ def predictions(learner, task):
     return learner.predict(x, task.name)
 
 
-@pytest.mark.parametrize("method", SEQUENTIAL)
+@pytest.mark.parametrize("method", SEQUENTIAL + ["par"])
 def test_learner_learns_and_keeps_earlier_heads_or_experts(method, stream, cfg):
     cls = METHODS[method]
     learner = cls(cfg, options(method), stream[0].input_shape)
@@ -54,14 +63,22 @@ def test_learner_learns_and_keeps_earlier_heads_or_experts(method, stream, cfg):
     else:
         for k, v in head0.items():
             assert torch.equal(after[k], v), f"{method} changed task 0's {k}"
-    if method == "expert-per-task":  # pure allocation: task 0 is bit-identical
+    if method in ("expert-per-task", "par"):  # pure allocation (PAR: t1 is unrelated): task 0 is bit-identical
         assert torch.equal(predictions(learner, stream[0]), out0)
 
 
-@pytest.mark.parametrize("method", SINGLE_BASE)
+@pytest.mark.parametrize("method", SINGLE_BASE + ["par"])
 def test_artifact_round_trip_reproduces_predictions(method, stream, cfg, tmp_path):
     cls = METHODS[method]
     learner = cls(cfg, options(method), stream[0].input_shape)
+    if method == "par":  # its own artifact format (expert + head + genotype), onto a fresh learner
+        train(learner, stream[0], 0, cfg)
+        expected = predictions(learner, stream[0])
+        learner.save_artifact("t0", tmp_path / "t0")
+        fresh = cls(cfg, options(method), stream[0].input_shape)
+        assert fresh.load_artifact(tmp_path / "t0") == "t0"
+        assert torch.equal(predictions(fresh, stream[0]), expected)
+        return
     if cls.offline:
         learner.begin_all(stream.tasks[:2])
         x, y = stream[1].train.to_tensors()

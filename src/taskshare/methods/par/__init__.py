@@ -1,4 +1,9 @@
-"""PAR (Wang et al., CVPR 2023): relatedness, routing, MdeNAS cell search, cell experts and the `par` learner."""
+"""PAR (Wang et al., CVPR 2023): relatedness, routing, MdeNAS cell search, cell experts and the `par` learner.
+
+Beyond the paper, ``par.unit=patch`` / ``par.unit=taps`` allocate a scale-bias+head model patch or TAPS gated
+deltas on the most related expert instead of a new expert (`units.py`, `learner.py`); ``expert`` (default)
+is the paper's whole-expert allocation.
+"""
 from taskshare.methods.par.expert import ExpertNet, Genotype
 from taskshare.methods.par.learner import PAR, Options, kd_loss
 from taskshare.methods.par.relatedness import (divergence, make_extractor, relatedness_matrix, relatedness_report,

@@ -9,7 +9,10 @@ linear head per task. For each new task t (official code WenjinW/PAR@5539e08, ``
 2. **Routing** (`routing.py`): expert score S_e = mean of s over the expert's tasks, e* = argmin, and
    three tiers (0.5 / 0.75): reuse e*, allocate a new expert with e*'s genotype, allocate with search.
    Task 0 always searches. Every task's decision is appended to ``decisions`` (for results.json):
-   ``{task, index, action, expert, closest, scores, relatedness, reuse, genotype_from, search_s, ...}``.
+   ``{task, index, action, expert, closest, scores, relatedness, reuse, reuse_from, unit, unit_from,
+   genotype_from, search_s, ..., added_params, added_buffers}`` (``action`` is always the routing tier;
+   ``unit`` says what was allocated: ``expert``, ``patch``/``taps`` (below), None for a reuse;
+   ``added_*`` are written at the task's end).
 3. **Regularized reuse** of e*: if N_t < 0.5 · N_max(e*) (the largest training set on e*), only the new
    head is trained, the expert frozen in eval mode (zero forgetting). Otherwise the expert is fine-tuned
    together with the new head (**transfer**), with LwF-style distillation on the heads of e*'s earlier tasks
@@ -23,6 +26,33 @@ linear head per task. For each new task t (official code WenjinW/PAR@5539e08, ``
    other than e* are never touched.
 4. **Allocation**: a new expert (fresh weights from (seed, task index)) and head, trained from scratch; its
    genotype is e*'s (middle tier, the "relatedness-aware" shortcut) or searched by MdeNAS (`search.py`).
+
+**Allocation units (beyond the paper; ``unit``).** ``expert`` (default) is the paper. With ``patch`` or
+``taps``, a task routed to allocation (``allocate`` or ``allocate-search``) while an expert exists gets a
+small unit on e* (the best-scored expert) instead of a new expert; no search runs. Task 0 still searches and
+allocates a real expert, so such a run grows a single expert. The decision keeps its routing ``action`` and
+records ``unit`` and ``unit_from`` (the expert's owner, whose tensors the unit starts from).
+
+- ``patch``: a scale-bias+head model patch (Mudrakarta et al. 2019, `taskshare.methods.patches`): the task's
+  own head and every BatchNorm's scale, bias and running statistics (trained in train mode); the expert's
+  convolution weights are frozen for it. Adds head + BN scale/bias parameters (+ statistics as buffers).
+- ``taps``: the same plus TAPS (Wallingford et al. 2022, `taskshare.methods.taps`) gated deltas on every
+  convolution of the expert: W + 1[s >= tau]·dW, deltas from 0, scores from 0.15, trained with the TAPS
+  sparsity penalty ``taps_lambda`` · R(s) (``taps_penalty``: official sum|s|/52 or size-weighted; off during
+  the first ``taps_warmup_epochs`` epochs of the task; deltas and scores not weight-decayed). Adds the patch's
+  parameters + one score per convolution + the deltas of the layers left active (they alone are stored).
+
+The first unit converts the expert's `TaskTensors` to a larger slot layout (`units.py`): every task on it
+gets its own copy of the BN tensors (and zero, switched-off deltas), equal to what it used, so every earlier
+task computes exactly the same outputs; later no task can change another's BN. A unit never touches the
+expert's weights or another task's tensors. Units count as tasks of the expert in its score S_e (with the
+default ``score="mean"`` unrelated units raise it; ``score="min"`` keeps an expert reachable from each of
+its tasks), but not in N_max (they do not train the expert's weights). **Reuse composes**: a task reusing
+an expert that carries units starts from the tensors (BN, unit) of its most related task on that expert
+(``reuse_from``; the owner on a plain expert), frozen, plus its new head; a transfer reuse fine-tunes the
+expert's shared weights and its head, and its KD term runs each earlier task p with p's own tensors in
+the student and the teacher (both in eval mode, so p's statistics never move), one pass per group of tasks
+with equal tensors.
 
 **BatchNorm under transfer** (``bn``). The official code fine-tunes the reused expert with BN in train
 mode, so the running statistics that earlier tasks on that expert are evaluated with drift towards the new
@@ -55,7 +85,14 @@ methods): best-validation checkpoint selection and early stopping, per-phase LR 
 decay for N <= 25. Gradient clipping (10) is ``clip_grad``. Search uses the run's lr, momentum and weight
 decay with a cosine schedule and clipping 5, as the official search.
 
-**Checkpoints**: `state_dict` holds every expert's genotype and TaskTensors state, the routing tables,
+**Artifacts** (`save_artifact` / `load_artifact`): a task's artifact holds what it added (see
+`tensors.py`: an owner's holds its whole expert; the others their head and own BN statistics or unit) and
+its prototypes, with the expert's genotype, layout, size options and the task's decision in the metadata.
+An owner's artifact loads onto a fresh learner with the same ``channels``/``cells``/``stem_multiplier``/``bn``;
+another task's loads once its expert's owner (and the task it started from) is loaded, onto the same
+expert tensors (fingerprint). The predictions are then exactly the saved learner's.
+
+**Checkpoints**: `state_dict` holds every expert's genotype, slot layout and TaskTensors state, the routing tables,
 prototypes, decisions, the transfer teacher and the optimizer; `load_state_dict` rebuilds experts of other
 architectures from their genotypes (in place when they already exist, so a live optimizer stays valid).
 Every random draw (expert and head initialisation, search split/batches/samples) derives from
@@ -63,29 +100,38 @@ Every random draw (expert and head initialisation, search split/batches/samples)
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from taskshare.core import TaskTensors
+from taskshare.core import TaskTensors, save_task
+from taskshare.core.artifacts import artifact_paths, read_sidecar
+from taskshare.core.serialize import load_tensors
 from taskshare.data.datasets import stratified_order
-from taskshare.errors import ConfigError, TaskshareError
+from taskshare.errors import ArtifactError, ConfigError, TaskshareError
 from taskshare.methods.base import Learner, make_optimizer, task_seed, train_mode
 from taskshare.methods.lifelong.lwf import distillation
-from taskshare.methods.par.expert import ExpertNet, Genotype, bn_buffer_names, build_expert
+from taskshare.methods.par.expert import ExpertNet, Genotype, build_expert
 from taskshare.methods.par.relatedness import (Extractor, extract_features, make_extractor, prototypes,
                                                task_relatedness)
 from taskshare.methods.par.routing import SCORES, expert_scores, route
 from taskshare.methods.par.search import search
-from taskshare.methods.par.tensors import PARTensors
+from taskshare.methods.par.tensors import ArtifactView, PARTensors
+from taskshare.methods.par.units import (LAYOUTS, UNIT_KINDS, convert, gate, is_taps_slot, kd_groups, layout_slots,
+                                         leaf, unit_trainable)
+from taskshare.methods.taps import PENALTIES, SCORE_INIT, active_layers, gated_layers, layer_sizes, penalty
 from taskshare.models import HEAD_SLOTS, head_logits, new_head
 
 BN_MODES = ("frozen", "task", "shared")
 EXTRACTORS = ("auto", "mobilenetv2", "raw", "expert")
-UNITS = ("expert",)
+UNITS = ("expert",) + UNIT_KINDS
+PROTOTYPES = "par.prototypes"                # extra tensors of an artifact (not module tensors)
+EXPERT_PROTOTYPES = "par.expert_prototypes"
 
 
 @dataclass
@@ -112,7 +158,10 @@ class Options:
     search_lr_p: float = 0.01         # MdeNAS probability step (official lr_search)
     search_limit: int = 0             # cap on training samples used by the search (0: all)
     clip_grad: float = 10.0           # gradient-norm clipping in training (official 10; 0: off)
-    unit: str = "expert"              # allocation unit (only whole experts so far)
+    unit: str = "expert"              # allocation unit: expert (paper) | patch | taps (beyond the paper)
+    taps_lambda: float = 1.0          # unit=taps: lambda of the TAPS sparsity penalty (TAPS default 1)
+    taps_penalty: str = "official"    # unit=taps: official (sum|s|/52) | size-weighted (see methods/taps.py)
+    taps_warmup_epochs: int = 0       # unit=taps: penalty off in the unit's first epochs
 
     def __post_init__(self):
         if not 0 <= self.reuse_threshold <= self.cell_threshold:
@@ -124,7 +173,11 @@ class Options:
         if self.extractor not in EXTRACTORS:
             raise ValueError(f"extractor must be one of {', '.join(EXTRACTORS)}")
         if self.unit not in UNITS:
-            raise ValueError(f"unit must be one of {', '.join(UNITS)} (smaller allocation units are not built yet)")
+            raise ValueError(f"unit must be one of {', '.join(UNITS)}, got {self.unit!r}")
+        if self.taps_penalty not in PENALTIES:
+            raise ValueError(f"taps_penalty must be one of {', '.join(PENALTIES)}")
+        if not (math.isfinite(self.taps_lambda) and self.taps_lambda >= 0) or self.taps_warmup_epochs < 0:
+            raise ValueError("taps_lambda and taps_warmup_epochs must be >= 0")
         if self.kd_temperature <= 0 or self.kd_weight < 0 or not 0 <= self.kd_smoothing < 1:
             raise ValueError("kd_temperature must be > 0, kd_weight >= 0 and kd_smoothing in [0, 1)")
         if min(self.channels, self.cells, self.steps, self.stem_multiplier) < 1 or self.channels % 2:
@@ -152,7 +205,8 @@ class Expert:
     net: ExpertNet
     tt: TaskTensors
     tasks: list[str]
-    max_train: int
+    max_train: int                    # the largest training set that trained the expert (owner, reuses)
+    layout: str = "expert"            # which tensors are per-task slots (`units.py`): expert | patch | taps
 
     @property
     def owner(self) -> str:
@@ -180,6 +234,11 @@ class PAR(Learner):
         self._params: list[nn.Parameter] = []
         self._extractor: Extractor | None = None
         self.extractor_name: str | None = None
+        self._seen = 0                     # training samples observed in the current task (TAPS warm-up)
+        self._epoch_size = 1
+        self._scores: list[torch.Tensor] = []     # unit=taps: the current task's score tensors ...
+        self._sizes = torch.zeros(0)              # ... and the gated layers' sizes (size-weighted penalty)
+        self._kd_groups: list[tuple[str, list[str]]] = []
         self.tt = PARTensors(self)
 
     # ------------------------------------------------------------------------------------------ helpers
@@ -191,6 +250,13 @@ class PAR(Learner):
 
     def decision(self, task: str) -> dict[str, Any]:
         return next(d for d in self.decisions if d["task"] == task)
+
+    def role(self, task: str) -> str:
+        """``owner`` (allocated its expert), ``reuse`` (a head on a reused expert) or ``unit`` (a patch/TAPS unit)."""
+        d = self.decision(task)
+        if d.get("unit") in UNIT_KINDS:
+            return "unit"
+        return "owner" if d["reuse"] is None else "reuse"
 
     def set_extractor(self, fn: Extractor, name: str = "custom") -> None:
         """Use `fn` (x -> features) for relatedness instead of the configured extractor."""
@@ -207,14 +273,21 @@ class PAR(Learner):
                                   f"{self.extractor_name}: resume where the same extractor is available")
         return self._extractor
 
-    def _slots(self, net: ExpertNet) -> list[str]:
-        return list(HEAD_SLOTS) + (bn_buffer_names(net) if self.options.bn == "task" else [])
-
-    def _build(self, genotype: Genotype, in_channels: int, seed: int) -> tuple[ExpertNet, TaskTensors]:
+    def _build(self, genotype: Genotype, in_channels: int, seed: int,
+               layout: str = "expert") -> tuple[ExpertNet, TaskTensors]:
         o = self.options
         net = build_expert(genotype, in_channels, o.channels, o.cells, o.stem_multiplier, seed)
         net = net.to(self.device, memory_format=torch.channels_last)  # faster depthwise convolutions on CPU
-        return net, TaskTensors(net, self._slots(net))
+        if layout == "taps":
+            gate(net)
+        return net, TaskTensors(net, layout_slots(net, layout, o.bn == "task"))
+
+    def _convert(self, expert: Expert, layout: str) -> None:
+        """Grow `expert`'s slot layout to `layout` (no-op when it already has it); every task keeps its outputs."""
+        if LAYOUTS.index(expert.layout) >= LAYOUTS.index(layout):
+            return
+        expert.tt = convert(expert.net, expert.tt, layout, self.options.bn == "task")
+        expert.layout = layout
 
     def _head(self, feature_dim: int, num_classes: int, index: int) -> dict[str, torch.Tensor]:
         gen = torch.Generator().manual_seed(task_seed(self.cfg.seed, index, salt=12))
@@ -222,10 +295,11 @@ class PAR(Learner):
 
     def _clone(self, expert: Expert) -> Expert:
         """A frozen copy (the transfer teacher), rebuilt from the genotype and the tensors' state."""
-        net, tt = self._build(expert.genotype, expert.in_channels, 0)
+        net, tt = self._build(expert.genotype, expert.in_channels, 0, expert.layout)
         tt.load_state(expert.tt.state())
         net.requires_grad_(False).eval()
-        return Expert(expert.genotype, expert.in_channels, net, tt, list(expert.tasks), expert.max_train)
+        return Expert(expert.genotype, expert.in_channels, net, tt, list(expert.tasks), expert.max_train,
+                      expert.layout)
 
     # ----------------------------------------------------------------------------------- relatedness
     def _split_features(self, task, fn) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -257,7 +331,8 @@ class PAR(Learner):
             self.extractor_name = "expert"
             split, cache = "val", {}
             for p, e in self.task_expert.items():
-                key = p if o.bn == "task" else e  # tasks sharing BN statistics see the same features
+                # tasks sharing BN statistics (and no unit) see the same features
+                key = p if o.bn == "task" or self.experts[e].layout != "expert" else e
                 if key not in cache:
                     cache[key] = self._split_features(task, self._expert_fn(self.experts[e], p))
                 f, y, split = cache[key]
@@ -271,9 +346,11 @@ class PAR(Learner):
 
     # ------------------------------------------------------------------------------------------ tasks
     def begin_task(self, task, index: int) -> None:
+        self._epoch_size = max(1, len(task.train))
         if task.name in self.task_expert:  # restored from a checkpoint in the middle of this task
             self._start(task.name)
             return
+        self._seen = 0
         o = self.options
         n_train = len(task.train)
         rel, div, split = self._relatedness(task)
@@ -284,20 +361,41 @@ class PAR(Learner):
         record: dict[str, Any] = {
             "task": task.name, "index": index, "action": action, "expert": None, "closest": closest,
             "scores": scores, "relatedness": rel, "divergence": div, "n_train": n_train, "reuse": None,
+            "reuse_from": None, "unit": None, "unit_from": None,
             "genotype_from": None, "genotype": None, "search_s": None, "search_acc": None,
             "extractor": self.extractor_name, "relatedness_split": split}
         if action == "reuse":
             expert = self.experts[closest]
             head_only = n_train < o.head_only_ratio * expert.max_train
             record["reuse"] = "head" if head_only else "transfer"
+            if expert.layout == "expert":  # every task on the expert computes the same features
+                source, trainable = expert.owner, True
+            else:  # tasks differ by their BN/units: start from the most related one's, train the head (+ expert)
+                source = min(expert.tasks, key=lambda p: (rel[p], expert.tasks.index(p)))
+                trainable = list(HEAD_SLOTS)
+            record["reuse_from"] = source
             if not head_only:
                 self.teacher = self._clone(expert)
             expert.tt.add_task(task.name, self._head(expert.net.feature_dim, task.num_classes, index),
-                               copy_from=expert.owner)
+                               copy_from=source, trainable=trainable)
             expert.tasks.append(task.name)
             expert.max_train = max(expert.max_train, n_train)
             self.task_expert[task.name] = closest
+        elif o.unit in UNIT_KINDS and closest is not None:  # beyond the paper: a unit on the closest expert
+            expert = self.experts[closest]
+            self._convert(expert, o.unit)
+            init = self._head(expert.net.feature_dim, task.num_classes, index)
+            base = expert.tt.base_tensors()
+            for s in expert.tt.slots:
+                if is_taps_slot(s):  # fresh deltas; scores at score_init (on) for a TAPS unit, 0 (off) otherwise
+                    value = SCORE_INIT if o.unit == "taps" else 0.0
+                    init[s] = torch.full_like(base[s], value) if leaf(s) == "score" else torch.zeros_like(base[s])
+            expert.tt.add_task(task.name, init, copy_from=expert.owner, trainable=unit_trainable(expert.tt, o.unit))
+            expert.tasks.append(task.name)  # max_train stays: a unit does not train the expert's weights
+            self.task_expert[task.name] = closest
+            record["unit"], record["unit_from"] = o.unit, expert.owner
         else:
+            record["unit"] = "expert"
             if action == "allocate":
                 genotype = self.experts[closest].genotype
                 record["genotype_from"] = self.experts[closest].owner
@@ -327,41 +425,88 @@ class PAR(Learner):
     def _start(self, task: str) -> None:
         """Bind `task` on its expert and build the optimizer over what this task trains."""
         self.current = task
-        self._mode = self.decision(task)["reuse"]  # None (allocation) | "head" | "transfer"
+        d = self.decision(task)
+        # None (allocation) | "head" | "transfer" | "unit"
+        self._mode = "unit" if d.get("unit") in UNIT_KINDS else d["reuse"]
         expert = self.expert_of(task)
         expert.tt.activate(task)
+        for p in expert.tt.shared_parameters():  # a unit never changes the expert's weights
+            p.requires_grad_(self._mode != "unit")
+        self._kd_groups, self._scores, self._sizes = [], [], torch.zeros(0)
+        if self._mode == "unit":
+            self._params = expert.tt.parameters(task)
+            self.optimizer = self._unit_optimizer(expert, task)
+            if d["unit"] == "taps":
+                ts = expert.tt.tensors(task)
+                self._scores = [ts[f"{n}.score"] for n in gated_layers(expert.net)]
+                self._sizes = torch.tensor(list(layer_sizes(expert.net).values()))
+            return
         if self._mode == "head":
             self._params = expert.tt.parameters(task)
         else:
             self._params = expert.tt.shared_parameters() + expert.tt.parameters(task)
+        if self._mode == "transfer" and expert.layout != "expert":
+            self._kd_groups = kd_groups(self.teacher.tt, [p for p in self.teacher.tasks if p != task])
         self.optimizer = make_optimizer(self._params, self.cfg)
+
+    def _unit_optimizer(self, expert: Expert, task: str) -> torch.optim.Optimizer:
+        """The unit's parameters; TAPS deltas and scores are never weight-decayed (as in `methods/taps.py`)."""
+        decayed, undecayed = [], []
+        for n, t in expert.tt.tensors(task).items():
+            if expert.tt.is_param(n) and t.requires_grad:
+                (undecayed if is_taps_slot(n) else decayed).append(t)
+        groups = [g for g in ({"params": decayed, "weight_decay": self.cfg.weight_decay},
+                              {"params": undecayed, "weight_decay": 0.0}) if g["params"]]
+        if self.cfg.optimizer == "adam":
+            return torch.optim.Adam(groups, lr=self.cfg.lr)
+        return torch.optim.SGD(groups, lr=self.cfg.lr, momentum=self.cfg.momentum)
+
+    @property
+    def epoch(self) -> int:
+        """The 0-based epoch of the current task's next batch (samples observed // training-set size)."""
+        return self._seen // self._epoch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        """For drivers other than the runner: declare that epoch `epoch` starts now (TAPS units' warm-up)."""
+        self._seen = epoch * self._epoch_size
+
+    def unit_penalty(self) -> torch.Tensor:
+        """unit=taps: lambda·R(s) of the current task's scores (`taskshare.methods.taps.penalty`)."""
+        o = self.options
+        return penalty(torch.stack(self._scores), self._sizes, o.taps_lambda, o.taps_penalty)
 
     def observe(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
         expert = self.expert_of(self.current)
         mode = self._mode
         net = expert.net
+        o = self.options
         with self.autocast():
             if mode == "head":
                 train_mode(net, False)
                 with torch.no_grad():
                     features = net.features(x)
-            else:
-                train_mode(net, mode is None or self.options.bn != "frozen")
+            else:  # a unit's BN statistics are its own: train mode
+                train_mode(net, mode in (None, "unit") or o.bn != "frozen")
                 features = net.features(x)
             loss = F.cross_entropy(net.head(features).float(), y)
-            if mode == "transfer" and self.options.kd_weight > 0:
-                loss = loss + self.options.kd_weight * self.distill_loss(x, features)
+            if mode == "transfer" and o.kd_weight > 0:
+                loss = loss + o.kd_weight * self.distill_loss(x, features)
+        if self._scores and o.taps_lambda > 0 and self.epoch >= o.taps_warmup_epochs:
+            loss = loss + self.unit_penalty()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.options.clip_grad > 0:
-            nn.utils.clip_grad_norm_(self._params, self.options.clip_grad)
+        if o.clip_grad > 0:
+            nn.utils.clip_grad_norm_(self._params, o.clip_grad)
         self.optimizer.step()
+        self._seen += len(y)
         return loss.detach()
 
     def distill_loss(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Sum over the reused expert's earlier tasks of KD(head_p(student), head_p(teacher))."""
         teacher, student = self.teacher, self.expert_of(self.current)
+        if student.layout != "expert":
+            return self._distill_per_task(x)
         o = self.options
         old = [p for p in teacher.tasks if p != self.current]
         loss = features.new_zeros((), dtype=torch.float32)
@@ -381,9 +526,46 @@ class PAR(Learner):
             loss = loss + kd_loss(head_logits(features, head).float(), t_logits, o.kd_temperature, o.kd_smoothing)
         return loss
 
+    def _distill_per_task(self, x: torch.Tensor) -> torch.Tensor:
+        """KD on an expert carrying units: each earlier task p's features come from its own tensors (BN,
+        unit), in the student and in the teacher, both in eval mode (p's statistics are never updated), so
+        the KD target is exactly what p is evaluated with. Tasks with equal tensors share one pass."""
+        teacher, student = self.teacher, self.expert_of(self.current)
+        o = self.options
+        loss = x.new_zeros((), dtype=torch.float32)
+        training = student.net.training
+        train_mode(teacher.net, False)
+        train_mode(student.net, False)
+        try:
+            for rep, members in self._kd_groups:
+                with torch.no_grad(), teacher.tt.use(rep):
+                    t_features = teacher.net.features(x)
+                with student.tt.use(rep):  # p's tensors are frozen: the gradient reaches the expert's weights
+                    features = student.net.features(x)
+                for p in members:
+                    head = {k: v.detach() for k, v in student.tt.tensors(p).items() if k in HEAD_SLOTS}
+                    t_logits = head_logits(t_features, teacher.tt.tensors(p)).float()
+                    loss = loss + kd_loss(head_logits(features, head).float(), t_logits, o.kd_temperature,
+                                          o.kd_smoothing)
+        finally:
+            train_mode(student.net, training)
+        return loss
+
     def end_task(self, task) -> None:
+        expert = self.expert_of(task.name)
+        d = self.decision(task.name)
+        if self._mode == "unit" and self.current == task.name:
+            for p in expert.tt.parameters(task.name):  # finished: frozen (and gated layers take their fixed path)
+                p.requires_grad_(False)
+            for p in expert.tt.shared_parameters():
+                p.requires_grad_(True)
+        added = self.tt.count(task.name)
+        d["added_params"], d["added_buffers"] = added["params"], added["buffers"]
+        if d.get("unit") == "taps":
+            d["taps_active"] = len(active_layers(expert.tt, task.name))
+            d["taps_layers"] = len(gated_layers(expert.net))
+        self._scores, self._kd_groups = [], []
         if self.options.extractor == "expert" and self._extractor is None:
-            expert = self.expert_of(task.name)
             f, y, _ = self._split_features(task, self._expert_fn(expert, task.name))
             self.expert_prototypes[task.name] = prototypes(f, y, task.num_classes)
         self.teacher = None
@@ -391,7 +573,7 @@ class PAR(Learner):
         for p in self._params:  # no stale gradients left on a finished task's tensors
             p.grad = None
         self._params = []
-        train_mode(self.expert_of(task.name).net, False)
+        train_mode(expert.net, False)
 
     @torch.inference_mode()
     def predict(self, x: torch.Tensor, task: str) -> torch.Tensor:
@@ -408,13 +590,15 @@ class PAR(Learner):
     @staticmethod
     def _expert_state(e: Expert) -> dict[str, Any]:
         return {"genotype": e.genotype.to_dict(), "in_channels": e.in_channels, "tasks": list(e.tasks),
-                "max_train": e.max_train, "tt": e.tt.state()}
+                "max_train": e.max_train, "layout": e.layout, "tt": e.tt.state()}
 
     def _restore_expert(self, state: dict[str, Any], existing: Expert | None) -> Expert:
         genotype = Genotype.from_dict(state["genotype"])
-        if existing is None or existing.genotype != genotype or existing.in_channels != state["in_channels"]:
-            net, tt = self._build(genotype, int(state["in_channels"]), 0)
-            existing = Expert(genotype, int(state["in_channels"]), net, tt, [], 0)
+        layout = state.get("layout", "expert")
+        if (existing is None or existing.genotype != genotype or existing.in_channels != state["in_channels"]
+                or existing.layout != layout):
+            net, tt = self._build(genotype, int(state["in_channels"]), 0, layout)
+            existing = Expert(genotype, int(state["in_channels"]), net, tt, [], 0, layout)
         existing.tt.load_state(state["tt"])  # in place when the tasks already exist
         existing.tasks, existing.max_train = list(state["tasks"]), int(state["max_train"])
         return existing
@@ -429,7 +613,7 @@ class PAR(Learner):
                 "decisions": [dict(d) for d in self.decisions], "current": self.current,
                 "teacher": None if self.teacher is None else self._expert_state(self.teacher),
                 "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
-                "extractor_name": self.extractor_name}
+                "extractor_name": self.extractor_name, "seen": self._seen}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         old = self.experts
@@ -440,6 +624,7 @@ class PAR(Learner):
         self.expert_prototypes = dict(state["expert_prototypes"])
         self.decisions = [dict(d) for d in state["decisions"]]
         self.current = state["current"]
+        self._seen = int(state.get("seen", 0))
         if state["extractor_name"] is not None and self.extractor_name is None:
             self.extractor_name = state["extractor_name"]
         if state["teacher"] is None:
@@ -449,3 +634,121 @@ class PAR(Learner):
             self.teacher.net.requires_grad_(False).eval()
         if state["optimizer"] is not None and self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])
+
+    # --------------------------------------------------------------------------------------- artifacts
+    def save_artifact(self, task: str, path: str | Path) -> int:
+        """Write `task`'s artifact (safetensors + JSON); returns the bytes written. It holds what the task added
+        (`PARTensors.tensors`: the whole expert for its owner, else the head and the task's own BN statistics
+        or unit), the task's prototypes, and in the metadata the expert's genotype, layout and size options
+        and the task's decision. An owner's artifact stands alone; the others' base is their expert,
+        identified by its fingerprint. Load with `load_artifact`."""
+        expert = self.expert_of(task)
+        role = self.role(task)
+        tensors = dict(self.tt.tensors(task))
+        params = {n for n in tensors if self.tt.is_param(n)}
+        for key, store in ((PROTOTYPES, self.prototypes), (EXPERT_PROTOTYPES, self.expert_prototypes)):
+            if task in store:
+                tensors[key] = store[task]
+        fingerprint = self.tt.fingerprint() if role == "owner" else expert.tt.fingerprint()
+        o = self.options
+        info = {"role": role, "owner": expert.owner, "layout": expert.layout, "genotype": expert.genotype.to_dict(),
+                "in_channels": expert.in_channels, "channels": o.channels, "cells": o.cells,
+                "stem_multiplier": o.stem_multiplier, "bn": o.bn, "extractor": self.extractor_name,
+                "decision": dict(self.decision(task))}
+        return save_task(ArtifactView(task, tensors, fingerprint, params), task, path,
+                         meta={"method": self.name, "par": info})
+
+    def load_artifact(self, path: str | Path) -> str:
+        """Add the task saved by `save_artifact` at `path` to this learner; returns its name.
+
+        An owner's artifact rebuilds its expert (the learner needs the same ``channels``, ``cells``,
+        ``stem_multiplier`` and ``bn``); any other task's needs its expert's owner (and the task it started
+        from) loaded first, with the same expert tensors (fingerprint). Predictions then equal the saved
+        learner's exactly. Every mismatch is a one-line ArtifactError.
+        """
+        st_path, _ = artifact_paths(path)
+        side = read_sidecar(path)
+        meta = side.get("meta", {})
+        info = meta.get("par")
+        if meta.get("method") != self.name or not isinstance(info, dict):
+            raise ArtifactError(f"{st_path.name} is not a PAR task artifact (method {meta.get('method')!r}): "
+                                "load it with the method that saved it")
+        tensors, header = load_tensors(st_path, "artifact")
+        if header.get("base_fingerprint") != side["base_fingerprint"]:
+            raise ArtifactError(f"{st_path.name} and its .json belong to different saves: "
+                                "copy both files of one artifact together")
+        expected = side["tensors"]
+        if set(tensors) != set(expected) or any(list(tensors[n].shape) != e["shape"] for n, e in expected.items()):
+            raise ArtifactError(f"artifact {st_path} is corrupted: its tensors do not match its .json")
+        name, o = side["task"], self.options
+        if name in self.task_expert:
+            raise ArtifactError(f"task {name!r} is already in this PAR learner: load each artifact once")
+        theirs = {k: info[k] for k in ("channels", "cells", "stem_multiplier", "bn")}
+        ours = {k: getattr(o, k) for k in theirs}
+        if theirs != ours or int(info["in_channels"]) != int(self.input_shape[0]):
+            show = ", ".join(f"{k}={v}" for k, v in theirs.items())
+            raise ArtifactError(f"{st_path.name} was saved by a PAR learner with {show} on {info['in_channels']}-"
+                                f"channel inputs, this one has {', '.join(f'{k}={v}' for k, v in ours.items())} "
+                                f"on {self.input_shape[0]}: build it with the same par options")
+        protos, expert_protos = tensors.pop(PROTOTYPES, None), tensors.pop(EXPERT_PROTOTYPES, None)
+        trainable = [n for n, e in expected.items() if e.get("trainable")]
+        decision, layout = dict(info["decision"]), info["layout"]
+        if info["role"] == "owner":
+            genotype = Genotype.from_dict(info["genotype"])
+            net, tt = self._build(genotype, int(info["in_channels"]), 0, layout)
+            shared = tt.shared_named_tensors()
+            slots = [n for n in tt.slots if not is_taps_slot(n)]
+            ref = {**tt.base_tensors(), **shared}
+            bad = sorted(set(tensors) ^ (set(shared) | set(slots)))
+            if not bad:
+                bad = [n for n in tensors if n not in HEAD_SLOTS and tensors[n].shape != ref[n].shape]
+            if bad:
+                raise ArtifactError(f"{st_path.name} does not fit this PAR learner's expert (tensor {bad[0]!r}): "
+                                    "it was saved with other par options")
+            with torch.no_grad():
+                for n, t in shared.items():
+                    t.copy_(tensors[n])
+            init = {n: tensors[n] for n in slots}
+            init.update({n: torch.zeros_like(t) for n, t in tt.base_tensors().items() if leaf(n) == "score"})
+            tt.add_task(name, init, trainable=[n for n in trainable if n in slots])
+            self.experts.append(Expert(genotype, int(info["in_channels"]), net, tt, [name],
+                                       int(decision.get("n_train", 0)), layout))
+            index = len(self.experts) - 1
+        else:
+            owner = info["owner"]
+            if owner not in self.task_expert:
+                raise ArtifactError(f"{st_path.name} holds task {name!r} on the expert of task {owner!r}: "
+                                    f"load {owner!r}'s artifact first")
+            index = self.task_expert[owner]
+            expert = self.experts[index]
+            if layout not in LAYOUTS:
+                raise ArtifactError(f"{st_path.name} has an unknown expert layout {layout!r}")
+            self._convert(expert, layout)
+            fp = expert.tt.fingerprint()
+            if fp != side["base_fingerprint"]:
+                raise ArtifactError(f"{st_path.name} was saved on a different expert of {owner!r} (fingerprint "
+                                    f"{side['base_fingerprint'][:12]} != {fp[:12]}): load it next to the "
+                                    f"artifact of {owner!r} it was saved with")
+            source = decision.get("reuse_from") or decision.get("unit_from") or owner
+            if source not in expert.tt:
+                raise ArtifactError(f"{st_path.name}: task {name!r} starts from task {source!r}'s tensors: "
+                                    f"load {source!r}'s artifact first")
+            ref = expert.tt.tensors(source)
+            bad = [n for n in tensors if n not in ref or (n not in HEAD_SLOTS and tensors[n].shape != ref[n].shape)]
+            if bad:
+                raise ArtifactError(f"{st_path.name} does not fit the expert of {owner!r} (tensor {bad[0]!r}): "
+                                    "it was saved with other par options")
+            expert.tt.add_task(name, tensors, copy_from=source, trainable=trainable)
+            expert.tasks.append(name)
+            if info["role"] == "reuse":
+                expert.max_train = max(expert.max_train, int(decision.get("n_train", 0)))
+        self.task_expert[name] = index
+        decision["expert"] = index
+        self.decisions.append(decision)
+        if protos is not None:
+            self.prototypes[name] = protos.to(self.device)
+        if expert_protos is not None:
+            self.expert_prototypes[name] = expert_protos.to(self.device)
+        if self.extractor_name is None and self._extractor is None:
+            self.extractor_name = info.get("extractor")
+        return name

@@ -2,13 +2,22 @@
 
 PAR has no single base network: each expert is its own `TaskTensors` (the expert's cell network is that
 TaskTensors' shared part; each task on the expert owns a head slot, plus BN statistics slots with
-``bn="task"``). This view answers the calls the runner makes on ``learner.tt``:
+``bn="task"``, plus the unit slots of `units.py` once the expert carries units). This view answers the calls
+the runner makes on ``learner.tt``:
 
-- ``count(task)``: what the task ADDED. The task that allocated an expert adds the whole expert (its
-  shared parameters and buffers) plus its head; a reusing task adds its head (feature_dim·C_t + C_t
-  parameters) and, with ``bn="task"``, its BN statistics (buffers).
-- ``tensors(task)``: the same split as an artifact: expert tensors (module names, e.g. ``cells.0...``) only
-  in the allocating task's artifact, the head (``head.weight``, ``head.bias``) in every task's.
+- ``count(task)``: what the task ADDED, by its role (`PAR.role`):
+
+  - ``owner`` (the task that allocated the expert): the whole expert (its shared parameters and buffers;
+    on an expert carrying units, its own BN scale/bias/statistics, which were shared before) plus its head;
+  - ``reuse``: its head (feature_dim·C_t + C_t parameters) and, where BN statistics are slots (``bn="task"``
+    or an expert carrying units), its statistics (buffers). Its other slots are copies of the task it
+    started from (``reuse_from``), which it never trains;
+  - ``unit`` (beyond the paper): ``patch``: the head + every BN scale/bias (parameters) + BN statistics
+    (buffers); ``taps``: the same + one score per gated convolution + the deltas of its *active* layers
+    (score >= tau; an inactive delta is never used, as `taskshare.methods.taps` counts).
+
+- ``tensors(task)``: the same tensors (module names, e.g. ``cells.0...``, ``head.weight``): what the task's
+  artifact holds (`PAR.save_artifact`).
 - ``count_shared()`` = 0 and ``shared_named_tensors()`` = {}: nothing is shared by all tasks (as with
   expert-per-task); ``fingerprint()`` is that of the empty base.
 """
@@ -17,6 +26,10 @@ from __future__ import annotations
 import hashlib
 
 import torch
+
+from taskshare.methods.par.units import is_taps_slot, leaf
+from taskshare.methods.taps import active_layers
+from taskshare.models import HEAD_SLOTS
 
 _BUFFER_LEAVES = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -36,12 +49,24 @@ class PARTensors:
         return task in self._learner.task_expert
 
     def is_param(self, name: str) -> bool:
-        return name.rsplit(".", 1)[-1] not in _BUFFER_LEAVES
+        return leaf(name) not in _BUFFER_LEAVES
 
     def tensors(self, task: str) -> dict[str, torch.Tensor]:
         expert = self._expert(task)
-        out = dict(expert.tt.shared_named_tensors()) if expert.owner == task else {}
-        out.update(expert.tt.tensors(task))
+        ts = expert.tt.tensors(task)
+        role = self._learner.role(task)
+        if role == "owner":
+            out = dict(expert.tt.shared_named_tensors())
+            out.update({n: t for n, t in ts.items() if not is_taps_slot(n)})
+            return out
+        if role == "reuse":
+            return {n: t for n, t in ts.items() if n in HEAD_SLOTS or not self.is_param(n)}
+        unit = self._learner.decision(task)["unit"]
+        out = {n: t for n, t in ts.items() if not is_taps_slot(n)}
+        if unit == "taps":
+            active = set(active_layers(expert.tt, task))
+            out.update({n: t for n, t in ts.items() if leaf(n) == "score"
+                        or (is_taps_slot(n) and n.rsplit(".", 1)[0] in active)})
         return out
 
     def parameters(self, task: str, trainable_only: bool = True) -> list[torch.nn.Parameter]:
@@ -68,3 +93,19 @@ class PARTensors:
 
     def fingerprint(self) -> str:
         return hashlib.sha256(b"slots:").hexdigest()  # as TaskTensors over an empty shared part
+
+
+class ArtifactView:
+    """What `core.save_task` reads from a TaskTensors, for one task's chosen tensors and base fingerprint."""
+
+    def __init__(self, task: str, tensors: dict[str, torch.Tensor], fingerprint: str, params: set[str]):
+        self._task, self._tensors, self._fingerprint, self._params = task, tensors, fingerprint, params
+
+    def tensors(self, task: str) -> dict[str, torch.Tensor]:
+        return self._tensors
+
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def is_param(self, name: str) -> bool:
+        return name in self._params
