@@ -9,6 +9,10 @@
     taskshare relatedness BENCHMARK [--extractor auto|mobilenetv2|raw] [--loo] [--out DIR]
 
 `taskshare run` with no benchmark runs the default comparison (DEFAULT_BENCHMARK with DEFAULT_METHODS).
+Data-parallel (gloo on CPU; lifelong and multi-task benchmarks alike; rank 0 writes every file):
+
+    torchrun --nproc_per_node=2 -m taskshare.cli run split-mnist --method finetune,ewc --set batch_size=128
+
 Bad input exits with status 2 and a one-line message; an interrupted run exits with 130 and can be
 continued with --resume.
 """
@@ -86,9 +90,12 @@ def _config(args):
 
 
 def cmd_run(args) -> int:
+    import os
+
     import torch
 
     from taskshare.data import build_benchmark
+    from taskshare.engine import distributed
     from taskshare.engine.runner import run_method
     from taskshare.methods import METHODS
     from taskshare.results.report import comparison_table, report
@@ -98,6 +105,7 @@ def cmd_run(args) -> int:
     benchmark = args.benchmark or DEFAULT_BENCHMARK
     if benchmark in MULTITASK_BENCHMARKS:
         return _run_multitask(args, benchmark)
+    di = distributed.init_from_env()  # under torchrun: one process group, the runner shards every batch
     methods = [m.strip() for m in (args.method or ",".join(DEFAULT_METHODS)).split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -105,8 +113,18 @@ def cmd_run(args) -> int:
     cfg = _config(args)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise TaskshareError("--device cuda: no CUDA device is available here; use --device cpu")
+    if cfg.device == "cuda" and di.enabled:  # one GPU per process on a multi-GPU machine
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", di.rank)) % torch.cuda.device_count())
     out = Path(args.out or Path("runs") / benchmark.replace(":", "_").replace("/", "_"))
+    if di.enabled and not di.is_main:
+        distributed.barrier()  # rank 0 builds first (fills data caches), the others then read them
     stream = build_benchmark(benchmark, seed=cfg.seed, options=cfg.benchmark)
+    if di.enabled and di.is_main:
+        distributed.barrier()
+    if not di.is_main:  # the same training steps; rank 0 prints and writes the report
+        for m in methods:
+            run_method(stream, m, cfg, out, benchmark=benchmark, resume=args.resume, quiet=True)
+        return 0
     if not args.quiet:
         print(f"{benchmark}: {len(stream.tasks)} tasks ({', '.join(stream.task_names)}); "
               f"methods {', '.join(methods)}; writing to {out}", file=sys.stderr)

@@ -14,19 +14,39 @@ Two ways of using it:
   ``optimizer.step()``. This is what ``DistributedDataParallel`` does, minus bucketing/overlap, plus the
   shard-size weights. For code that steps its own optimizer (a lifelong ``Learner.observe``),
   ``attach(optimizer, reducer)`` registers the same reduction as an optimizer step pre-hook and
-  ``shard_batch(reducer, x, y)`` cuts the batch and sets the weights;
+  ``shard_batch(reducer, x, y)`` cuts the batch and sets the weights. The lifelong runner
+  (``engine.runner.run_method`` / ``engine.loop``) does exactly that: ``attach_all`` on the learner after
+  ``begin_task`` / ``begin_all`` / a resume and before every step (learners build a new optimizer per task),
+  ``broadcast_tensors`` of the learner's tensors from rank 0 at the start of each task, evaluation on every
+  rank, files from rank 0 only. A parameter whose gradient is None on some ranks (a task's head absent from
+  one shard of a mixed batch) is reduced as zero there and keeps None only if no rank has a gradient.
+  Exact for losses that are means over the batch's samples plus sample-free terms: fine-tuning, EWC (its
+  Fisher is computed on the full data on every rank), LwF, expert-per-task, joint, patches in transfer
+  mode, sequential TAPS (the runner sets its epoch, as it counts samples); up to BatchNorm, below. Refused
+  with a one-line error (``engine.runner.DATA_PARALLEL_REFUSED``): patches-multitask, taps-joint,
+  taps-two-stage (sums of per-task means) and PAR (search and gradient clipping on local data);
 - per-task gradients (PCGrad, MGDA, CAGrad, AdaTask): the K x D matrix G of each rank is reduced with
   ``mean_`` *before* it is combined, so the combining rule sees the global per-task gradients (combining the
   local ones and averaging the results would be wrong for every nonlinear rule). ``MultiTaskTrainer``
   takes a ``GradReducer`` and does this.
 
-Not covered: BatchNorm statistics stay per rank (use a model without BatchNorm, or SyncBatchNorm, when the
-result must equal the single-process run); a final global batch smaller than the world size leaves a rank
-with no sample (``shard`` then raises a one-line error; choose a batch size / limit that avoids it).
+Not covered: BatchNorm statistics (and dropout masks) stay per rank: the model trains on per-shard batch
+statistics and each rank keeps its own running averages (rank 0's are the ones written, and are broadcast
+at the next task's start); use a model without BatchNorm (the MLP), or SyncBatchNorm on GPUs, when the
+result must equal the single-process run. A final global batch smaller than the world size leaves a
+rank with no sample (``shard`` then raises a one-line error; the lifelong runner checks every task's batch
+sizes up front; choose a batch size / limit that avoids it).
 
-Launch: ``torchrun --nproc_per_node=2 -m taskshare.multitask.runner BENCHMARK --method M ...``. torchrun
-sets RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT; ``init_from_env`` reads them (nothing to configure; on
-one machine everything stays on the loopback interface). Rank 0 writes files; the others wait at barriers.
+Launch (``batch_size`` is the global batch, as in one process):
+
+    torchrun --nproc_per_node=2 -m taskshare.cli run split-mnist --method finetune,ewc --set batch_size=128
+    torchrun --nproc_per_node=2 -m taskshare.multitask.runner BENCHMARK --method M ...
+
+torchrun sets RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT; ``init_from_env`` reads them (nothing to
+configure; on one machine everything stays on the loopback interface). Rank 0 writes files (results.json,
+checkpoints, artifacts, plots) and prints; the others wait at barriers, so ``--resume`` works as in one
+process (every rank reads rank 0's checkpoint). Tested in tests/test_lifelong_ddp.py and
+tests/test_multitask_ddp.py.
 """
 from __future__ import annotations
 
@@ -42,8 +62,9 @@ from torch import Tensor
 from taskshare.errors import ConfigError
 
 __all__ = [
-    "DistInfo", "GradReducer", "attach", "attach_all", "average_gradients", "barrier", "broadcast_parameters",
-    "info", "init_from_env", "is_main", "shard", "shard_batch",
+    "DistInfo", "GradReducer", "agree", "attach", "attach_all", "average_gradients", "barrier",
+    "broadcast_parameters", "broadcast_tensors", "in_sync", "info", "init_from_env", "is_main", "shard",
+    "shard_batch",
 ]
 
 
@@ -135,18 +156,34 @@ class GradReducer:
         return t
 
     def grads_(self, params: Iterable[Tensor]) -> None:
-        """Reduce ``p.grad`` of every parameter that has one, through one flat buffer (one all-reduce)."""
+        """Reduce ``p.grad`` of ``params`` (the same list, in the same order, on every rank) through one flat
+        buffer (one all-reduce).
+
+        A parameter may have a gradient on some ranks and ``None`` on others (e.g. the head of a task that is
+        in one rank's shard of a mixed batch but not in another's): it counts as zero where it is None, and
+        after the reduction it has the reduced gradient if any rank had one and stays None otherwise, as in
+        one process with the whole batch (an optimizer skips parameters without a gradient).
+        """
         if not self.enabled:
             return
-        ps = [p for p in params if p.grad is not None]
+        ps = list(params)
         if not ps:
             return
-        flat = torch.cat([p.grad.reshape(-1) for p in ps])
-        self.mean_(flat)
+        dtype = next((p.grad.dtype for p in ps if p.grad is not None), ps[0].dtype)
+        present = torch.tensor([p.grad is not None for p in ps], dtype=dtype, device=ps[0].device)
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p, dtype=dtype)).reshape(-1)
+                          for p in ps] + [present])
+        self.mean_(flat)                 # the weights are > 0: a flag is > 0 iff some rank had a gradient
+        anywhere = (flat[-len(ps):] > 0).tolist()
         off = 0
-        for p in ps:
-            n = p.grad.numel()
-            p.grad.copy_(flat[off:off + n].view_as(p.grad))
+        for p, keep in zip(ps, anywhere):
+            n = p.numel()
+            if keep:
+                g = flat[off:off + n].view_as(p)
+                if p.grad is None:
+                    p.grad = g.to(p.dtype).clone()
+                else:
+                    p.grad.copy_(g)
             off += n
 
 
@@ -211,3 +248,36 @@ def broadcast_parameters(module: torch.nn.Module, src: int = 0) -> None:
     with torch.no_grad():
         for t in list(module.parameters()) + list(module.buffers()):
             dist.broadcast(t.data, src)
+
+
+def broadcast_tensors(tensors: Iterable[Tensor], src: int = 0) -> None:
+    """Copy rank ``src``'s values of ``tensors`` (the same list, in the same order, on every rank) in place."""
+    if not info().enabled:
+        return
+    seen: set[int] = set()
+    with torch.no_grad():
+        for t in tensors:
+            if id(t) not in seen:
+                seen.add(id(t))
+                dist.broadcast(t.data, src)
+
+
+def in_sync(values: Tensor, rtol: float = 1e-6) -> bool:
+    """Whether ``values`` (a small float tensor, e.g. checksums of the parameters) agree on every rank within
+    ``rtol``; True in one process."""
+    if not info().enabled:
+        return True
+    lo, hi = values.detach().double().clone(), values.detach().double().clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    return bool(((hi - lo) <= rtol * (hi.abs() + 1)).all())
+
+
+def agree(flag: bool, src: int = 0) -> bool:
+    """Rank ``src``'s ``flag`` on every rank (for decisions such as "a checkpoint is due" that depend on the
+    clock and must be taken together); ``flag`` itself in one process."""
+    if not info().enabled:
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int64)
+    dist.broadcast(t, src)
+    return bool(t.item())

@@ -2,6 +2,12 @@
 
 Per step the loop does what a hand-written PyTorch loop does (slice a batch, move it, one optimizer step)
 plus a non-finite check that costs one tensor add per step and one sync every `CHECK_EVERY` steps.
+
+Data parallelism (``reducer=`` a ``engine.distributed.GradReducer``, under torchrun): every rank draws the same
+global batch (same generator), keeps its shard (``shard_batch``, which sets the shard weight n_r / N) and the
+reducer is attached to the learner's optimizer(s) (``attach_all``, checked before every step, so an optimizer
+built in ``begin_task`` or on resume is covered), so the reduced gradients are those of the global batch.
+The guard then checks the global loss (the weighted sum over ranks), so every rank stops together.
 """
 from __future__ import annotations
 
@@ -11,16 +17,22 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from taskshare.engine.distributed import GradReducer, attach_all, shard_batch
 from taskshare.errors import TrainingError
 
 CHECK_EVERY = 50
 
 
 class NonFiniteGuard:
-    """Accumulates losses as a tensor and checks them for NaN/inf every CHECK_EVERY steps and at flush."""
+    """Accumulates losses as a tensor and checks them for NaN/inf every CHECK_EVERY steps and at flush.
 
-    def __init__(self, where: Callable[[], str]):
+    With an enabled ``reducer`` each loss (a shard's mean) is weighted by the current shard weight and the
+    totals are summed over ranks at each check: the global-batch losses, the same verdict on every rank.
+    """
+
+    def __init__(self, where: Callable[[], str], reducer: GradReducer | None = None):
         self.where = where
+        self.reducer = reducer if reducer is not None and reducer.enabled else None
         self.total: torch.Tensor | None = None
         self.count = 0
         self.steps = 0
@@ -28,6 +40,8 @@ class NonFiniteGuard:
 
     def add(self, loss: torch.Tensor) -> None:
         loss = loss.detach().float()
+        if self.reducer is not None:
+            loss = loss * self.reducer.weight
         self.total = loss if self.total is None else self.total + loss
         self.count += 1
         self.steps += 1
@@ -38,6 +52,8 @@ class NonFiniteGuard:
         """Raise TrainingError on a non-finite loss; return the mean loss since the last flush."""
         if self.total is None:
             return self.last
+        if self.reducer is not None:  # every rank flushes at the same steps (same number of batches)
+            self.total = self.reducer.sum_(self.total.reshape(1).clone())[0]
         value, n = float(self.total), self.count
         self.total, self.count = None, 0
         if not math.isfinite(value):
@@ -53,9 +69,14 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def train_epoch(learner, dataset, batch_size: int, generator: torch.Generator, device: torch.device,
-                guard: NonFiniteGuard, progress=None) -> float:
-    """One shuffled pass over `dataset` (a TensorDataset) through `learner.observe`."""
+                guard: NonFiniteGuard, progress=None, reducer: GradReducer | None = None) -> float:
+    """One shuffled pass over `dataset` (a TensorDataset) through `learner.observe` (this rank's shards of
+    the global batches with an enabled `reducer`)."""
+    ddp = reducer is not None and reducer.enabled
     for x, y in dataset.batches(batch_size, shuffle=True, generator=generator):
+        if ddp:
+            x, y = shard_batch(reducer, x, y)
+            attach_all(learner, reducer)
         guard.add(learner.observe(to_device(x, device), to_device(y, device)))
         if progress is not None:
             progress.update(1)
@@ -86,8 +107,13 @@ def mixed_batches(datasets: Sequence, batch_size: int, generator: torch.Generato
 
 
 def train_mixed_epoch(learner, datasets: Sequence, batch_size: int, generator: torch.Generator,
-                      device: torch.device, guard: NonFiniteGuard, progress=None) -> float:
+                      device: torch.device, guard: NonFiniteGuard, progress=None,
+                      reducer: GradReducer | None = None) -> float:
+    ddp = reducer is not None and reducer.enabled
     for x, y, tid in mixed_batches(datasets, batch_size, generator):
+        if ddp:
+            x, y, tid = shard_batch(reducer, x, y, tid)
+            attach_all(learner, reducer)
         guard.add(learner.observe_mixed(to_device(x, device), to_device(y, device), to_device(tid, device)))
         if progress is not None:
             progress.update(1)

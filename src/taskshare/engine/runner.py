@@ -7,13 +7,27 @@ For each method it writes ``OUT/<method>/``:
   last), avg_acc, bwt, fwt (null: undefined for task-incremental heads, which cannot predict unseen
   tasks), forgetting, val_acc and val_avg (validation accuracy of every task at the end: what to select
   hyper-parameters on; nothing ever selects on test), params,
-  artifact_bytes, time_s, peak_rss_mb, config, versions;
+  artifact_bytes, time_s, peak_rss_mb (rank 0's), world_size (processes: 1, or N under torchrun), config,
+  versions;
 - ``artifacts/base.safetensors`` (the shared tensors) and ``artifacts/<task>.{safetensors,json}`` (each
   task's own tensors, loadable alone onto the base);
 - ``checkpoint.safetensors`` while the run is in progress: written atomically at the end of every task
   and at the end of an epoch when ``checkpoint_minutes`` have passed, with the RNG state. ``resume=True``
   continues from it and ends with the same results as an uninterrupted run (every random draw is derived
   from (seed, task, epoch), and checkpoints hold optimizer moments).
+
+Data parallelism (``torchrun --nproc_per_node=N -m taskshare.cli run BENCHMARK --method M ...``, see
+``engine.distributed``): every rank draws the same global batches and trains on its shard, the gradients are
+reduced with shard-size weights before each optimizer step (the reducer is attached to the learner's
+optimizers, re-attached whenever the learner builds a new one), and the learner's tensors are broadcast from
+rank 0 at the start of each task (and of an offline run), so the results equal the one-process run with the
+same ``batch_size`` (the global batch) up to floating-point summation order. Every rank evaluates; rank 0
+alone writes checkpoints, artifacts and results.json, and the others wait for it at barriers (they return
+rank 0's results). Methods whose loss is not a mean over the batch's samples, or that search or clip on
+their own gradients, are refused (``DATA_PARALLEL_REFUSED``); after every epoch the ranks compare parameter
+checksums, so a learner stepping an optimizer without the reduction stops with a TrainingError instead of
+silently diverging. BatchNorm statistics (and dropout masks) are per rank, so models with them train close
+to, not exactly like, one process.
 """
 from __future__ import annotations
 
@@ -30,10 +44,12 @@ import numpy as np
 import torch
 
 from taskshare import __version__
+from taskshare.core import TaskTensors
 from taskshare.core.serialize import atomic_write_json, load_state, read_json, save_state, save_tensors
+from taskshare.engine import distributed as ddp
 from taskshare.engine.config import RunConfig, check_options
 from taskshare.engine.loop import NonFiniteGuard, evaluate, train_epoch, train_mixed_epoch
-from taskshare.errors import ConfigError
+from taskshare.errors import ConfigError, TrainingError
 from taskshare.methods import METHODS
 from taskshare.methods.base import task_seed
 from taskshare.results.metrics import average_accuracy, backward_transfer, forgetting
@@ -41,6 +57,59 @@ from taskshare.results.metrics import average_accuracy, backward_transfer, forge
 CHECKPOINT = "checkpoint.safetensors"
 # settings that do not change results: a run may be resumed with other values
 _NOT_IDENTITY = ("device", "checkpoint_minutes", "eval_batch_size")
+
+
+# learners that cannot train exactly under data parallelism: (class name, why); subclasses included
+DATA_PARALLEL_REFUSED = {
+    "PatchesMultiTask": "its loss is a sum of per-task means over each batch, which shards cannot reproduce",
+    "TapsJoint": "its loss is a sum of per-task means over each batch, which shards cannot reproduce",
+    "PAR": "its architecture search and gradient clipping run on each rank's own data",
+}
+
+
+def _refuse_data_parallel(cls, method: str) -> None:
+    for klass in cls.__mro__:
+        why = DATA_PARALLEL_REFUSED.get(klass.__name__)
+        if why is not None:
+            raise ConfigError(f"--method {method} cannot run data-parallel ({why}): run it in one process "
+                              "(without torchrun)")
+
+
+def _check_shards(learner, tasks, cfg: RunConfig, world: int) -> None:
+    """Every global batch must leave each rank enough samples (a rank without a step would hang the others)."""
+    need = 2 if getattr(learner, "has_train_bn", False) else 1  # patches skip a BN step on one sample
+    sizes = [sum(len(t.train) for t in tasks)] if learner.offline else [len(t.train) for t in tasks]
+    for n in sizes:
+        smallest = min(n, cfg.batch_size) if n % cfg.batch_size == 0 else n % cfg.batch_size
+        if n and smallest // world < need:
+            raise ConfigError(f"a batch of {smallest} samples leaves fewer than {need} per process with {world} "
+                              f"processes: change batch_size or limit so that every batch (also the last of an "
+                              f"epoch, {n} samples in all) has at least {need * world}")
+
+
+def _learner_tensors(learner) -> list[torch.Tensor]:
+    """The learner's network tensors (shared, base and every task's), in the same order on every rank."""
+    tt = getattr(learner, "tt", None)
+    if isinstance(tt, TaskTensors):
+        out = list(tt.shared_named_tensors().values()) + list(tt.base_tensors().values())
+        for task in tt.tasks:
+            out += list(tt.tensors(task).values())
+        return out
+    net = getattr(learner, "net", None)
+    return list(net.parameters()) + list(net.buffers()) if net is not None else []
+
+
+def _check_in_sync(learner, where: str) -> None:
+    """Data parallel: the ranks' parameters must be equal (checksums); else an optimizer stepped unreduced."""
+    ps = [t for t in _learner_tensors(learner) if isinstance(t, torch.nn.Parameter)]
+    if not ps:
+        return
+    with torch.no_grad():
+        sums = torch.stack([sum(p.double().sum() for p in ps), sum(p.double().pow(2).sum() for p in ps)])
+    if not ddp.in_sync(sums.cpu()):
+        raise TrainingError(f"{where}: the processes' parameters differ, so some optimizer of the learner stepped "
+                            "without the data-parallel gradient reduction; run this method in one process "
+                            "(without torchrun)")
 
 
 def versions() -> dict[str, str]:
@@ -86,11 +155,15 @@ def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benc
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}: choose from {', '.join(METHODS)} (taskshare list)")
     cls = METHODS[method]
+    di = ddp.info()
+    if di.enabled:
+        _refuse_data_parallel(cls, method)
     options = check_options(cls.Options, cfg.methods.get(method, {}), method)
     benchmark = benchmark or stream.name
     run_dir = Path(out_dir) / method
     ckpt_path = run_dir / CHECKPOINT
     identity = _identity(benchmark, method, cfg)
+    quiet = quiet or not di.is_main
     say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
 
     if resume and (run_dir / "results.json").exists() and not ckpt_path.exists():
@@ -104,6 +177,9 @@ def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benc
     torch.manual_seed(cfg.seed)
     learner = cls(cfg, options, tasks[0].input_shape)
     device = learner.device
+    reducer = ddp.GradReducer() if di.enabled else None
+    if di.enabled:
+        _check_shards(learner, tasks, cfg, di.world_size)
     T = len(tasks)
     rows: list[list[float | None]] = []
     next_task, next_epoch, elapsed = 0, 0, 0.0
@@ -118,6 +194,7 @@ def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benc
         next_task, next_epoch, elapsed = ckpt["task"], ckpt["epoch"], ckpt["elapsed"]
         torch.set_rng_state(ckpt["rng"])
         learner.load_state_dict(saved_state)
+        ddp.attach_all(learner, reducer)
         say(f"[{method}] resuming at task {next_task + 1}/{T}, epoch {next_epoch} from {ckpt_path}")
 
     start = time.perf_counter() - elapsed
@@ -125,18 +202,24 @@ def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benc
 
     def checkpoint(task_index: int, epoch: int) -> None:
         nonlocal last_ckpt
-        state = {"identity": identity, "learner": learner.state_dict(), "rows": rows,
-                 "task": task_index, "epoch": epoch, "elapsed": time.perf_counter() - start,
-                 "rng": torch.get_rng_state()}
-        save_state(ckpt_path, state)
+        if di.is_main:  # data parallel: rank 0 writes, the others wait until the file is complete
+            state = {"identity": identity, "learner": learner.state_dict(), "rows": rows,
+                     "task": task_index, "epoch": epoch, "elapsed": time.perf_counter() - start,
+                     "rng": torch.get_rng_state()}
+            save_state(ckpt_path, state)
+        ddp.barrier()
         last_ckpt = time.monotonic()
         if on_checkpoint is not None:
             on_checkpoint(ckpt_path)
         if os.environ.get("TASKSHARE_CRASH_AFTER_CHECKPOINT"):  # used by the kill-and-resume test
             os._exit(137)
 
-    def due() -> bool:
-        return time.monotonic() - last_ckpt >= cfg.checkpoint_minutes * 60
+    def due() -> bool:  # rank 0's clock decides for every rank
+        return ddp.agree(time.monotonic() - last_ckpt >= cfg.checkpoint_minutes * 60)
+
+    def prepare() -> None:
+        """Data parallel: the reducer on the (new) optimizers (the loop re-checks before every step)."""
+        ddp.attach_all(learner, reducer)
 
     def evaluate_row(upto: int) -> list[float | None]:
         return [evaluate(learner, tasks[j].test, names[j], cfg.eval_batch_size, device) if j <= upto else None
@@ -146,13 +229,17 @@ def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benc
         learner.begin_all(tasks)
         if saved_state is not None:
             learner.load_state_dict(saved_state)
+        ddp.broadcast_tensors(_learner_tensors(learner))
+        prepare()
         datasets = [t.train for t in tasks]
         n_batches = sum(-(-len(d) // cfg.batch_size) for d in datasets)
-        guard = NonFiniteGuard(lambda: f"{method}, epoch {epoch + 1}")
+        guard = NonFiniteGuard(lambda: f"{method}, epoch {epoch + 1}", reducer)
         with _Progress(quiet, n_batches * (cfg.epochs - next_epoch), f"{method} (all tasks)") as bar:
             for epoch in range(next_epoch, cfg.epochs):
                 gen = torch.Generator().manual_seed(task_seed(cfg.seed, 0, salt=100 + epoch))
-                train_mixed_epoch(learner, datasets, cfg.batch_size, gen, device, guard, bar)
+                train_mixed_epoch(learner, datasets, cfg.batch_size, gen, device, guard, bar, reducer)
+                if reducer is not None:
+                    _check_in_sync(learner, f"{method}, epoch {epoch + 1}")
                 if epoch + 1 < cfg.epochs and due():
                     checkpoint(0, epoch + 1)
         rows = [[None] * T for _ in range(T - 1)] + [evaluate_row(T - 1)]
@@ -160,15 +247,21 @@ def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benc
         for i in range(next_task, T):
             task = tasks[i]
             first_epoch = next_epoch if i == next_task else 0
+            ddp.broadcast_tensors(_learner_tensors(learner))  # ranks agree (before begin_task: LwF's teacher)
             learner.begin_task(task, i)
             if first_epoch > 0:  # mid-task resume: restore moments and method state after begin_task
                 learner.load_state_dict(saved_state)
+            prepare()
             n_batches = -(-len(task.train) // cfg.batch_size)
-            guard = NonFiniteGuard(lambda: f"{method}, task {task.name}, epoch {epoch + 1}")
+            guard = NonFiniteGuard(lambda: f"{method}, task {task.name}, epoch {epoch + 1}", reducer)
             with _Progress(quiet, n_batches * (cfg.epochs - first_epoch), f"{method} {i + 1}/{T} {task.name}") as bar:
                 for epoch in range(first_epoch, cfg.epochs):
                     gen = torch.Generator().manual_seed(task_seed(cfg.seed, i, salt=100 + epoch))
-                    train_epoch(learner, task.train, cfg.batch_size, gen, device, guard, bar)
+                    if reducer is not None and hasattr(learner, "set_epoch"):
+                        learner.set_epoch(epoch)  # TAPS counts samples it sees: here a shard, not the batch
+                    train_epoch(learner, task.train, cfg.batch_size, gen, device, guard, bar, reducer)
+                    if reducer is not None:
+                        _check_in_sync(learner, f"{method}, task {task.name}, epoch {epoch + 1}")
                     if epoch + 1 < cfg.epochs and due():
                         checkpoint(i, epoch + 1)
             learner.end_task(task)
@@ -180,10 +273,14 @@ def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benc
     # validation accuracy of every task at the end: what hyper-parameters may be chosen on (never test)
     val_acc = [evaluate(learner, t.val, t.name, cfg.eval_batch_size, device) for t in tasks]
     time_s = time.perf_counter() - start
-    results = _results(learner, benchmark, method, cfg, names, rows, val_acc, time_s, run_dir)
-    atomic_write_json(run_dir / "results.json", results)
-    if ckpt_path.exists():
-        ckpt_path.unlink()
+    if di.is_main:
+        results = _results(learner, benchmark, method, cfg, names, rows, val_acc, time_s, run_dir)
+        atomic_write_json(run_dir / "results.json", results)
+        if ckpt_path.exists():
+            ckpt_path.unlink()
+    ddp.barrier()
+    if not di.is_main:
+        results = read_json(run_dir / "results.json", "results")
     say(f"[{method}] avg acc {results['avg_acc']:.4f}, wrote {run_dir / 'results.json'}")
     return results
 
@@ -218,6 +315,7 @@ def _results(learner, benchmark, method, cfg, names, rows, val_acc, time_s, run_
         "params": {"base": base, "added_per_task": added, "total": base + sum(added)},
         "artifact_bytes": sizes,
         "time_s": round(time_s, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
+        "world_size": ddp.info().world_size,
         "config": cfg.to_dict(), "versions": versions(),
         **learner.extra_results(),
     }
