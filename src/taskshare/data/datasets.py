@@ -25,6 +25,7 @@ __all__ = [
     "Normalize",
     "Permute",
     "Compose",
+    "cap_stratified",
     "split_train_val",
     "stratified_order",
 ]
@@ -226,6 +227,13 @@ def stratified_order(y: torch.Tensor, seed: int) -> torch.Tensor:
     rank, counts = _rank_in_class(y, perm)
     key = (rank.double() + 0.5) / counts[y[perm]].double()
     return perm[torch.argsort(key, stable=True)]
+
+
+def cap_stratified(ds: TensorDataset, n: int, seed: int) -> TensorDataset:
+    """A class-stratified subset of at most `n` samples of `ds` (n = 0: all of it), in the original order."""
+    if not n or len(ds) <= n:
+        return ds
+    return ds.subset(torch.sort(stratified_order(ds.y, seed)[:n]).values)
 
 
 def split_train_val(

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from taskshare.data import sources
-from taskshare.data.datasets import Stream, Task, TensorDataset, split_train_val, stratified_order
+from taskshare.data.datasets import Stream, Task, TensorDataset, cap_stratified, split_train_val
 from taskshare.errors import DataError, TaskshareError
 
 __all__ = ["TEXT_TASKS", "TRANSFER_BENCHMARKS", "build_transfer_images", "build_transfer_text", "load_clothing",
@@ -51,19 +51,12 @@ def _int(name: str, value: Any, minimum: int) -> int:
     return _int_option(name, value, minimum)
 
 
-def _cap(ds: TensorDataset, n: int, seed: int) -> TensorDataset:
-    """A class-stratified subset of at most `n` samples (n = 0: all), in the original order."""
-    if not n or len(ds) <= n:
-        return ds
-    return ds.subset(torch.sort(stratified_order(ds.y, seed)[:n]).values)
-
-
 # ----------------------------------------------------------------------------------------------- images
 def build_transfer_images(*, seed: int, val_fraction: float, max_eval: int = 2000) -> Stream:
     from taskshare.data.benchmarks import build_domain_stream
 
     max_eval = _int("max_eval", max_eval, 0)
-    tasks = [Task(t.name, t.train, _cap(t.val, max_eval, seed), _cap(t.test, max_eval, EVAL_SEED),
+    tasks = [Task(t.name, t.train, cap_stratified(t.val, max_eval, seed), cap_stratified(t.test, max_eval, EVAL_SEED),
                   t.num_classes, t.input_shape, t.classes)
              for t in build_domain_stream(seed=seed, val_fraction=val_fraction)]
     cap = f"val/test capped at {max_eval}" if max_eval else "full val/test"
