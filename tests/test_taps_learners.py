@@ -7,16 +7,28 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_stream
 
 from taskshare.core.serialize import load_tensors
+from taskshare.data import Stream
 from taskshare.engine.config import check_options
 from taskshare.engine.runner import run_method
 from taskshare.errors import ConfigError
 from taskshare.methods import METHODS
-from taskshare.methods.taps import Taps, TapsJoint, TapsTwoStage, active_layers, import_task
-from taskshare.methods.taps_report import format_summary, layer_table, plot_layers, summary
-
-from conftest import make_stream
+from taskshare.methods.taps import (
+    Taps,
+    TapsJoint,
+    TapsTwoStage,
+    active_layers,
+    import_task,
+)
+from taskshare.methods.taps_report import (
+    format_summary,
+    layer_table,
+    plot_layers,
+    summary,
+)
+from taskshare.models import build_backbone
 
 LEARNERS = {cls.name: cls for cls in (Taps, TapsJoint, TapsTwoStage)}
 
@@ -418,3 +430,27 @@ def test_official_mechanics_options_are_checked():
             (TapsTwoStage.Options, "taps-two-stage", {"lr_schedule": "cosine"}, "only supported by method taps")]:
         with pytest.raises(ConfigError, match=message):
             check_options(cls, values, section)
+
+
+def test_backbone_auto_freezes_pretrained_bases_and_trains_random_ones_on_task_one(stream, cfg):
+    shape = stream[0].input_shape
+    assert Taps.Options().backbone == "auto"
+    assert Taps(cfg, Taps.Options(), shape).backbone_mode == "first-task"          # random MLP
+    given = Taps(cfg, Taps.Options(), shape, backbone_module=build_backbone("mlp", shape, 0))
+    assert given.backbone_mode == "model"                                         # a module you pass in
+    assert Taps(cfg, Taps.Options(backbone="first-task"), shape,
+                backbone_module=build_backbone("mlp", shape, 0)).backbone_mode == "first-task"  # explicit wins
+
+
+def test_runner_resolves_model_auto_to_the_streams_default_model(stream, cfg, tmp_path):
+    import dataclasses
+
+    auto = dataclasses.replace(cfg, model="auto", epochs=1)
+    named = Stream(stream.name, stream.tasks[:2], default_model="cnn")
+    r_auto = run_method(named, "finetune", auto, tmp_path / "a")
+    r_cnn = run_method(Stream(stream.name, stream.tasks[:2]), "finetune", dataclasses.replace(auto, model="cnn"),
+                       tmp_path / "b")
+    r_mlp = run_method(Stream(stream.name, stream.tasks[:2]), "finetune", auto, tmp_path / "c")
+    assert r_auto["params"] == r_cnn["params"] != r_mlp["params"]
+    assert r_auto["acc_matrix"] == r_cnn["acc_matrix"]
+    assert r_auto["config"]["model"] == "auto"  # the config is recorded as given

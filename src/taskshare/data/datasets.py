@@ -305,11 +305,16 @@ class Task:
 
 @dataclass
 class Stream:
-    """An ordered sequence of tasks (a continual-learning benchmark or a multi-task set)."""
+    """An ordered sequence of tasks (a continual-learning benchmark or a multi-task set).
+
+    ``default_model``: the backbone that ``model=auto`` means on this stream (the transfer benchmarks name
+    their pretrained network, e.g. ``mobilenetv2``); empty: the learners' own ``auto`` rule.
+    """
 
     name: str
     tasks: list[Task]
     description: str = ""
+    default_model: str = ""
 
     def __len__(self) -> int:
         return len(self.tasks)

@@ -61,7 +61,7 @@ def build_transfer_images(*, seed: int, val_fraction: float, max_eval: int = 200
              for t in build_domain_stream(seed=seed, val_fraction=val_fraction)]
     cap = f"val/test capped at {max_eval}" if max_eval else "full val/test"
     return Stream("transfer-images", tasks, "ImageNet MobileNetV2 -> MNIST, Fashion-MNIST, AnimalShape, optdigits "
-                  f"(1x28x28, resized by the backbone to its image_size; {cap})")
+                  f"(1x28x28, resized by the backbone to its image_size; {cap})", default_model="mobilenetv2")
 
 
 # ------------------------------------------------------------------------------------------------- text
@@ -153,7 +153,8 @@ def build_transfer_text(*, seed: int, val_fraction: float, max_samples: int = 80
     tasks = _text_tasks(x[:len(texts)], labels, labels["rating"], seed, val_fraction)
     tasks += _text_tasks(x[len(texts):], {"rt-sentiment": rt_y}, rt_y, seed, val_fraction)
     return Stream("transfer-text", tasks, f"all-MiniLM-L6-v2 -> clothing reviews rating (5), recommended (2), "
-                  f"department (6), Rotten Tomatoes fresh/rotten (2); {n} samples per task, {length} tokens")
+                  f"department (6), Rotten Tomatoes fresh/rotten (2); {n} samples per task, {length} tokens",
+                  default_model="minilm")
 
 
 TRANSFER_BENCHMARKS: list[tuple[str, str, Callable[..., Stream], tuple[str, ...], dict]] = [

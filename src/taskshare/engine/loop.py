@@ -58,7 +58,8 @@ class NonFiniteGuard:
         self.total, self.count = None, 0
         if not math.isfinite(value):
             raise TrainingError(f"non-finite loss ({value}) in {self.where()}: lower the learning rate "
-                                "(--set lr=...) or use --precision fp32; the last good checkpoint is kept")
+                                "(--set lr=...) or a regularizer weight, or train in fp32 if you use --precision bf16; "
+                                "the last good checkpoint is kept")
         self.last = value / n
         return self.last
 

@@ -31,6 +31,8 @@ to, not exactly like, one process.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import platform
 import resource
@@ -175,7 +177,10 @@ def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benc
     tasks = [t.limit(cfg.limit, seed=cfg.seed) if cfg.limit else t for t in stream.tasks]
     names = [t.name for t in tasks]
     torch.manual_seed(cfg.seed)
-    learner = cls(cfg, options, tasks[0].input_shape)
+    learner_cfg = cfg  # model=auto on a stream that names its backbone (transfer benchmarks) means that one
+    if cfg.model == "auto" and getattr(stream, "default_model", ""):
+        learner_cfg = dataclasses.replace(cfg, model=stream.default_model)
+    learner = cls(learner_cfg, options, tasks[0].input_shape)
     device = learner.device
     reducer = ddp.GradReducer() if di.enabled else None
     if di.enabled:

@@ -59,7 +59,10 @@ the folded weights of `merged_model`, so exported, merged and trained outputs ag
 
 - ``taps`` (sequential, paper's incremental setting): tasks one at a time from a frozen base; a task's
   tensors are its own objects, so earlier tasks stay bit-identical. ``backbone=``:
-  ``first-task`` (default): no pretrained backbone exists for the MNIST-like lifelong streams, and TAPS on a
+  ``auto`` (default): ``model`` for a pretrained backbone (``model=mobilenetv2`` or ``minilm``, which
+  ``model=auto`` resolves to on transfer-images / transfer-text, or a ``backbone_module=``), else
+  ``first-task``.
+  ``first-task``: no pretrained backbone exists for the MNIST-like lifelong streams, and TAPS on a
   random frozen base would need nearly every layer (no sharing to discover). So the first task of the stream
   trains the whole network (base weights, its norms and head; its scores are set to 0 < τ: it *is* the base
   and adds no delta), then the base is frozen and every later task learns deltas against it, starting its
@@ -486,7 +489,7 @@ class TapsOptions:
     score_init: float = SCORE_INIT
     warmup_epochs: int = 3               # penalty off in epochs 0..warmup_epochs-1 (official --warmup_epochs 2)
     layer_types: tuple[str, ...] = DEFAULT_LAYER_TYPES
-    backbone: str = "first-task"         # first-task | model (see the module docstring)
+    backbone: str = "auto"               # auto | first-task | model (see the module docstring)
     bn_samples: int = 0                  # sequential taps: re-estimate the task's BN statistics at its end on
                                          # this many training samples (0: off, the running averages are kept)
     accumulate: int = 1                  # official-compat (sequential taps only): sum the gradients of the
@@ -496,7 +499,7 @@ class TapsOptions:
                                          # cosine over each task, last epoch at lr 0)
 
     SECTION: ClassVar[str] = "taps"
-    BACKBONES: ClassVar[tuple[str, ...]] = ("first-task", "model")
+    BACKBONES: ClassVar[tuple[str, ...]] = ("auto", "first-task", "model")
     OFFICIAL_MECHANICS: ClassVar[bool] = True  # accumulate / lr_schedule supported
 
     def __post_init__(self) -> None:
@@ -542,6 +545,11 @@ def taps_backbone(cfg, input_shape: tuple[int, ...], seed: int) -> nn.Module:
     return build_backbone(default_model(cfg, input_shape), input_shape, seed)
 
 
+def _token_input(input_shape: tuple[int, ...]) -> bool:
+    from taskshare.methods.patches import token_input
+    return token_input(input_shape)
+
+
 class _TapsLearner(Learner):
     """Shared machinery: the wrapped TaskNet, task creation, optimizer groups, penalty, epoch counting."""
 
@@ -557,6 +565,11 @@ class _TapsLearner(Learner):
         if not isinstance(getattr(backbone, "out_dim", None), int):
             raise ConfigError(f"backbone {type(backbone).__name__} has no integer out_dim: set "
                               "backbone.out_dim to its feature size before passing it")
+        self.backbone_mode = o.backbone  # auto: a pretrained base stays frozen, a random one learns task 1
+        if o.backbone == "auto":
+            pretrained = backbone_module is not None or cfg.model in ("mobilenetv2", "minilm") or (
+                cfg.model == "auto" and _token_input(input_shape))
+            self.backbone_mode = "model" if pretrained else "first-task"
         self.net = TaskNet(backbone).to(self.device)
         self.tt = wrap(self.net, layer_types=o.layer_types, tau=o.tau, score_init=o.score_init, head="head")
         self.layers = list(gated_layers(self.net))
@@ -677,7 +690,7 @@ class Taps(_TapsLearner):
         self._batch = 0                # batches observed in that epoch (the official batch index i)
 
     def begin_task(self, task, index: int) -> None:
-        trains_base = self.options.backbone == "first-task" and index == 0
+        trains_base = self.backbone_mode == "first-task" and index == 0
         if trains_base:
             self.first = task.name
         self._add_task(task, index, copy_from=None if trains_base else self.first, as_base=trains_base)
