@@ -257,3 +257,16 @@ def test_runner_unit_run_and_exact_resume(tmp_path, monkeypatch):
     assert resumed["params"] == full["params"]
     timeless = [[{k: v for k, v in d.items() if k != "search_s"} for d in r["decisions"]] for r in (resumed, full)]
     assert timeless[0] == timeless[1]
+
+
+@pytest.mark.parametrize("score_units, expected", [(False, "reuse"), (True, "allocate")])
+def test_units_do_not_count_in_their_experts_score_unless_asked(score_units, expected):
+    par = make(unit="patch", score="mean", score_units=score_units)
+    for i, task in enumerate((A, B, A_SMALL)):
+        learn(par, task, i, epochs=1)
+    d = par.decision("a-small")
+    # the expert's score over its scored tasks: A alone (B is a unit), or the mean over A and the unrelated B
+    rel = d["relatedness"]
+    assert d["scores"][0] == pytest.approx(rel["a"] if not score_units else (rel["a"] + rel["b"]) / 2)
+    assert rel["a"] <= 0.5 < (rel["a"] + rel["b"]) / 2 <= 0.75  # the example sits on both sides of 0.5
+    assert d["action"] == expected and par.decision("b")["unit"] == "patch"

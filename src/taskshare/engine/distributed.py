@@ -23,7 +23,7 @@ Two ways of using it:
   Exact for losses that are means over the batch's samples plus sample-free terms: fine-tuning, EWC (its
   Fisher is computed on the full data on every rank), LwF, expert-per-task, joint, patches in transfer
   mode, sequential TAPS (the runner sets its epoch, as it counts samples); up to BatchNorm, below. Refused
-  with a one-line error (``engine.runner.DATA_PARALLEL_REFUSED``): patches-multitask, taps-joint,
+  with a one-line error (``Learner.not_data_parallel``): patches-multitask, taps-joint,
   taps-two-stage (sums of per-task means) and PAR (search and gradient clipping on local data);
 - per-task gradients (PCGrad, MGDA, CAGrad, AdaTask): the K x D matrix G of each rank is reduced with
   ``mean_`` *before* it is combined, so the combining rule sees the global per-task gradients (combining the

@@ -24,7 +24,7 @@ rank 0 at the start of each task (and of an offline run), so the results equal t
 same ``batch_size`` (the global batch) up to floating-point summation order. Every rank evaluates; rank 0
 alone writes checkpoints, artifacts and results.json, and the others wait for it at barriers (they return
 rank 0's results). Methods whose loss is not a mean over the batch's samples, or that search or clip on
-their own gradients, are refused (``DATA_PARALLEL_REFUSED``); after every epoch the ranks compare parameter
+their own gradients, are refused (``Learner.not_data_parallel``); after every epoch the ranks compare parameter
 checksums, so a learner stepping an optimizer without the reduction stops with a TrainingError instead of
 silently diverging. BatchNorm statistics (and dropout masks) are per rank, so models with them train close
 to, not exactly like, one process.
@@ -61,20 +61,11 @@ CHECKPOINT = "checkpoint.safetensors"
 _NOT_IDENTITY = ("device", "checkpoint_minutes", "eval_batch_size")
 
 
-# learners that cannot train exactly under data parallelism: (class name, why); subclasses included
-DATA_PARALLEL_REFUSED = {
-    "PatchesMultiTask": "its loss is a sum of per-task means over each batch, which shards cannot reproduce",
-    "TapsJoint": "its loss is a sum of per-task means over each batch, which shards cannot reproduce",
-    "PAR": "its architecture search and gradient clipping run on each rank's own data",
-}
-
-
 def _refuse_data_parallel(cls, method: str) -> None:
-    for klass in cls.__mro__:
-        why = DATA_PARALLEL_REFUSED.get(klass.__name__)
-        if why is not None:
-            raise ConfigError(f"--method {method} cannot run data-parallel ({why}): run it in one process "
-                              "(without torchrun)")
+    """Learners that cannot train exactly under data parallelism say why in ``not_data_parallel``."""
+    if cls.not_data_parallel:
+        raise ConfigError(f"--method {method} cannot run data-parallel ({cls.not_data_parallel}): run it in "
+                          "one process (without torchrun)")
 
 
 def _check_shards(learner, tasks, cfg: RunConfig, world: int) -> None:

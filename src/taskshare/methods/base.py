@@ -66,6 +66,7 @@ class Learner(ABC):
     description: ClassVar[str]
     Options: ClassVar[type] = NoOptions
     offline: ClassVar[bool] = False
+    not_data_parallel: ClassVar[str] = ""  # why it cannot train exactly under torchrun (empty: it can)
 
     def __init__(self, cfg: RunConfig, options: Any, input_shape: tuple[int, ...]):
         self.cfg = cfg

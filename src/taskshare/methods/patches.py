@@ -658,6 +658,7 @@ class PatchesMultiTask(Patches):
     name = "patches-multitask"
     description = "model patches, multi-task: shared base and per-task patches trained together"
     offline = True
+    not_data_parallel = "its loss is a sum of per-task means over each batch, which shards cannot reproduce"
 
     @dataclasses.dataclass
     class Options(PatchesOptions):

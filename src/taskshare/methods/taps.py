@@ -795,6 +795,7 @@ class TapsJoint(_TapsLearner):
 
     name = "taps-joint"
     description = "joint TAPS: shared base trained on all tasks together with per-task gated deltas (offline)"
+    not_data_parallel = "its loss is a sum of per-task means over each batch, which shards cannot reproduce"
     Options = TapsJointOptions
     offline = True
 

@@ -45,9 +45,11 @@ records ``unit`` and ``unit_from`` (the expert's owner, whose tensors the unit s
 The first unit converts the expert's `TaskTensors` to a larger slot layout (`units.py`): every task on it
 gets its own copy of the BN tensors (and zero, switched-off deltas), equal to what it used, so every earlier
 task computes exactly the same outputs; later no task can change another's BN. A unit never touches the
-expert's weights or another task's tensors. Units count as tasks of the expert in its score S_e (with the
-default ``score="mean"`` unrelated units raise it; ``score="min"`` keeps an expert reachable from each of
-its tasks), but not in N_max (they do not train the expert's weights). **Reuse composes**: a task reusing
+expert's weights or another task's tensors. Units do not count in their expert's score S_e (``score_units``
+false, the default): the expert is scored by the tasks that use its own function, its owner and the
+tasks that reuse it, so an unrelated unit does not push a task related to the owner away from reuse
+(``score_units=true`` scores every task on the expert). Units do not count in N_max either (they do not
+train the expert's weights). **Reuse composes**: a task reusing
 an expert that carries units starts from the tensors (BN, unit) of its most related task on that expert
 (``reuse_from``; the owner on a plain expert), frozen, plus its new head; a transfer reuse fine-tunes the
 expert's shared weights and its head, and its KD term runs each earlier task p with p's own tensors in
@@ -162,6 +164,7 @@ class Options:
     taps_lambda: float = 1.0          # unit=taps: lambda of the TAPS sparsity penalty (TAPS default 1)
     taps_penalty: str = "official"    # unit=taps: official (sum|s|/52) | size-weighted (see methods/taps.py)
     taps_warmup_epochs: int = 0       # unit=taps: penalty off in the unit's first epochs
+    score_units: bool = False         # units count in their expert's score S_e (default: owner + reusers only)
 
     def __post_init__(self):
         if not 0 <= self.reuse_threshold <= self.cell_threshold:
@@ -217,6 +220,7 @@ class PAR(Learner):
     name = "par"
     description = "PAR: relatedness-routed reuse (LwF-regularized) or new searched experts per task"
     Options = Options
+    not_data_parallel = "its architecture search and gradient clipping run on each rank's own data"
 
     def __init__(self, cfg, options, input_shape):
         super().__init__(cfg, options, input_shape)
@@ -257,6 +261,12 @@ class PAR(Learner):
         if d.get("unit") in UNIT_KINDS:
             return "unit"
         return "owner" if d["reuse"] is None else "reuse"
+
+    def _scored_tasks(self, expert) -> list[str]:
+        """The tasks whose relatedness scores `expert`: all of them, or without the units (``score_units``)."""
+        if self.options.score_units:
+            return list(expert.tasks)
+        return [p for p in expert.tasks if self.role(p) != "unit"] or list(expert.tasks)
 
     def set_extractor(self, fn: Extractor, name: str = "custom") -> None:
         """Use `fn` (x -> features) for relatedness instead of the configured extractor."""
@@ -354,7 +364,7 @@ class PAR(Learner):
         o = self.options
         n_train = len(task.train)
         rel, div, split = self._relatedness(task)
-        scores = expert_scores(rel, [e.tasks for e in self.experts], o.score)
+        scores = expert_scores(rel, [self._scored_tasks(e) for e in self.experts], o.score)
         action, closest = route(scores, n_train=n_train, expert_max_train=[e.max_train for e in self.experts],
                                 reuse_threshold=o.reuse_threshold, cell_threshold=o.cell_threshold,
                                 few_shot_max=o.few_shot_max, few_shot_ratio=o.few_shot_ratio)
