@@ -26,6 +26,31 @@ def make_task(name: str, seed: int, n: int = 96, classes: int = 3, shape=(1, 6, 
     return Task(name, split(n), split(n // 3), split(n // 3), classes, shape)
 
 
+def gauss_task(name: str, means_seed: int, sample_seed: int, n: int = 120, classes: int = 3,
+               shape=(1, 8, 8)) -> Task:
+    """Classes at fixed means (from means_seed) plus unit noise (from sample_seed): tasks with the same
+    means_seed share their distribution (PAR's relatedness tests)."""
+    means = torch.randn(classes, *shape, generator=torch.Generator().manual_seed(means_seed)) * 3
+    gen = torch.Generator().manual_seed(sample_seed)
+
+    def split(m: int) -> TensorDataset:
+        y = torch.arange(m) % classes
+        return TensorDataset(means[y] + torch.randn(m, *shape, generator=gen), y)
+
+    return Task(name, split(n), split(60), split(60), classes, shape)
+
+
+def spawn_workers(worker, world: int, out: str) -> None:
+    """Run worker(rank, init_file, out) in `world` processes that meet through a fresh file store."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+    fd, init_file = tempfile.mkstemp(prefix="ddp-init-")
+    os.close(fd)
+    os.unlink(init_file)  # the file store creates it
+    mp.spawn(worker, args=(init_file, out), nprocs=world, join=True)
+
+
 def make_stream(n_tasks: int = 3, **kw) -> Stream:
     return Stream("synthetic", [make_task(f"t{i}", 100 + i, **kw) for i in range(n_tasks)], "synthetic test stream")
 

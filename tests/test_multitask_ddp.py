@@ -4,15 +4,15 @@ under it (rank 0 writes the results)."""
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
+
+from conftest import spawn_workers
 
 from taskshare.core.serialize import load_tensors, save_tensors
 from taskshare.engine import distributed as ddp
@@ -97,10 +97,7 @@ def _worker(rank: int, init_file: str, out: str) -> None:
 @pytest.fixture(scope="module")
 def ddp_out():
     with tempfile.TemporaryDirectory() as out:
-        fd, init_file = tempfile.mkstemp(prefix="ddp-init-")
-        os.close(fd)
-        os.unlink(init_file)                     # the file store creates it
-        mp.spawn(_worker, args=(init_file, out), nprocs=WORLD, join=True)
+        spawn_workers(_worker, WORLD, out)
         yield Path(out)
 
 

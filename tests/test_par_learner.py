@@ -6,8 +6,10 @@ import json
 import pytest
 import torch
 
+from conftest import gauss_task
+
 from taskshare.core.serialize import load_state, save_state
-from taskshare.data import Stream, Task, TensorDataset
+from taskshare.data import Stream, Task
 from taskshare.engine.config import RunConfig, check_options
 from taskshare.engine.runner import run_method
 from taskshare.errors import ConfigError, TaskshareError
@@ -19,19 +21,6 @@ from taskshare.methods.par.expert import ExpertNet
 SHAPE = (1, 8, 8)
 TINY = dict(extractor="raw", channels=4, cells=2, steps=2, search_epochs=1)
 CFG = RunConfig(epochs=2, batch_size=32, lr=0.05, checkpoint_minutes=1e9)
-
-
-def gauss_task(name: str, means_seed: int, sample_seed: int, n: int = 120, classes: int = 3) -> Task:
-    """Classes at fixed means (from means_seed) plus unit noise (from sample_seed)."""
-    means = torch.randn(classes, *SHAPE, generator=torch.Generator().manual_seed(means_seed)) * 3
-    gen = torch.Generator().manual_seed(sample_seed)
-
-    def split(m: int) -> TensorDataset:
-        y = torch.arange(m) % classes
-        return TensorDataset(means[y] + torch.randn(m, *SHAPE, generator=gen), y)
-
-    return Task(name, split(n), split(60), split(60), classes, SHAPE)
-
 
 def make(**options) -> PAR:
     return PAR(CFG, Options(**{**TINY, **options}), SHAPE)

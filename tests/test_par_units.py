@@ -8,8 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import gauss_task
+
 from taskshare.core.serialize import load_state
-from taskshare.data import Stream, Task, TensorDataset
+from taskshare.data import Stream, Task
 from taskshare.engine.config import RunConfig, check_options
 from taskshare.engine.runner import run_method
 from taskshare.errors import ArtifactError, ConfigError
@@ -23,18 +25,6 @@ SHAPE = (1, 8, 8)
 # routed to reuse even after an unrelated unit joined the expert (with "mean" it would get a second unit)
 TINY = dict(extractor="raw", channels=4, cells=2, steps=2, search_epochs=1, score="min")
 CFG = RunConfig(epochs=2, batch_size=32, lr=0.05, checkpoint_minutes=1e9)
-
-
-def gauss_task(name: str, means_seed: int, sample_seed: int, n: int = 120, classes: int = 3) -> Task:
-    means = torch.randn(classes, *SHAPE, generator=torch.Generator().manual_seed(means_seed)) * 3
-    gen = torch.Generator().manual_seed(sample_seed)
-
-    def split(m: int) -> TensorDataset:
-        y = torch.arange(m) % classes
-        return TensorDataset(means[y] + torch.randn(m, *SHAPE, generator=gen), y)
-
-    return Task(name, split(n), split(60), split(60), classes, SHAPE)
-
 
 A = gauss_task("a", 1, 10)
 A_SMALL = gauss_task("a-small", 1, 11, n=45)   # related to A, < 0.5 x its data: head-only reuse
