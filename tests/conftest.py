@@ -40,6 +40,17 @@ def gauss_task(name: str, means_seed: int, sample_seed: int, n: int = 120, class
     return Task(name, split(n), split(60), split(60), classes, shape)
 
 
+def train_task(learner, task: Task, index: int, *, epochs: int = 2, batch_size: int = 32,
+               seed: int | None = None) -> None:
+    """begin_task, `epochs` shuffled passes of observe (generator seed: `seed`, default 100 + index), end_task."""
+    learner.begin_task(task, index)
+    gen = torch.Generator().manual_seed(100 + index if seed is None else seed)
+    for _ in range(epochs):
+        for x, y in task.train.batches(batch_size, shuffle=True, generator=gen):
+            learner.observe(x, y)
+    learner.end_task(task)
+
+
 def spawn_workers(worker, world: int, out: str) -> None:
     """Run worker(rank, init_file, out) in `world` processes that meet through a fresh file store."""
     import tempfile

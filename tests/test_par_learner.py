@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import gauss_task
+from conftest import gauss_task, train_task
 
 from taskshare.core.serialize import load_state, save_state
 from taskshare.data import Stream, Task
@@ -22,17 +22,9 @@ SHAPE = (1, 8, 8)
 TINY = dict(extractor="raw", channels=4, cells=2, steps=2, search_epochs=1)
 CFG = RunConfig(epochs=2, batch_size=32, lr=0.05, checkpoint_minutes=1e9)
 
+
 def make(**options) -> PAR:
     return PAR(CFG, Options(**{**TINY, **options}), SHAPE)
-
-
-def learn(learner: PAR, task: Task, index: int, epochs: int = 2) -> None:
-    learner.begin_task(task, index)
-    gen = torch.Generator().manual_seed(100 + index)
-    for _ in range(epochs):
-        for x, y in task.train.batches(32, shuffle=True, generator=gen):
-            learner.observe(x, y)
-    learner.end_task(task)
 
 
 def expert_state(learner: PAR, e: int) -> dict:
@@ -62,11 +54,11 @@ B = gauss_task("b", 2, 20)                         # unrelated
 def three():
     """A (search) -> B (new expert) -> A-small (head-only reuse of A's expert), with snapshots on the way."""
     par = make()
-    learn(par, A, 0)
+    train_task(par, A, 0)
     snap = {"e0": expert_state(par, 0), "a": logits(par, A)}
-    learn(par, B, 1)
+    train_task(par, B, 1)
     snap.update(e0_after_b=expert_state(par, 0), a_after_b=logits(par, A), e1=expert_state(par, 1), b=logits(par, B))
-    learn(par, A_SMALL, 2)
+    train_task(par, A_SMALL, 2)
     return par, snap
 
 
@@ -137,8 +129,8 @@ def test_kd_is_soft_cross_entropy_at_t2():
 
 def _transfer(bn: str):
     par = make(bn=bn)
-    learn(par, A, 0)
-    learn(par, B, 1)
+    train_task(par, A, 0)
+    train_task(par, B, 1)
     before = {"e0": expert_state(par, 0), "e1": expert_state(par, 1), "b": logits(par, B)}
     par.begin_task(A_AGAIN, 2)
     return par, before
@@ -197,9 +189,9 @@ def test_options_are_validated():
 
 def test_expert_extractor_uses_the_experts_features():
     par = make(extractor="expert")
-    learn(par, A, 0, epochs=1)
+    train_task(par, A, 0, epochs=1)
     assert par.expert_prototypes["a"].shape == (3, par.experts[0].net.feature_dim)
-    learn(par, A_AGAIN, 1, epochs=1)
+    train_task(par, A_AGAIN, 1, epochs=1)
     d = par.decisions[1]
     assert d["extractor"] == "expert" and 0.0 <= d["relatedness"]["a"] <= 1.0
     assert par.prototypes == {}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import gauss_task
+from conftest import gauss_task, train_task
 
 from taskshare.core.serialize import load_state
 from taskshare.data import Stream, Task
@@ -37,15 +37,6 @@ def make(**options) -> PAR:
     return PAR(CFG, Options(**{**TINY, **options}), SHAPE)
 
 
-def learn(learner: PAR, task: Task, index: int, epochs: int = 2) -> None:
-    learner.begin_task(task, index)
-    gen = torch.Generator().manual_seed(100 + index)
-    for _ in range(epochs):
-        for x, y in task.train.batches(32, shuffle=True, generator=gen):
-            learner.observe(x, y)
-    learner.end_task(task)
-
-
 def logits(learner: PAR, task: Task) -> torch.Tensor:
     return learner.predict(task.test.x, task.name)
 
@@ -68,12 +59,12 @@ def run(request):
     """A (searched expert) -> B (a unit on A's expert) -> A-small (head-only reuse of that expert).
     taps_lambda=3 switches some of B's gated layers off (here 5 of 6), so inactive deltas are exercised."""
     par = make(unit=request.param, **({"taps_lambda": 3.0} if request.param == "taps" else {}))
-    learn(par, A, 0)
+    train_task(par, A, 0)
     snap = {"a": logits(par, A), "a_tensors": snapshot(par.tt.tensors("a")), "a_added": par.added_parameters("a")}
-    learn(par, B, 1)
+    train_task(par, B, 1)
     snap.update(a_after_b=logits(par, A), a_tensors_after_b=snapshot(par.tt.tensors("a")), b=logits(par, B),
                 b_tensors=snapshot(par.experts[0].tt.tensors("b")))
-    learn(par, A_SMALL, 2)
+    train_task(par, A_SMALL, 2)
     return par, snap
 
 
@@ -177,8 +168,8 @@ def test_transfer_reuse_of_an_expert_with_units():
     """KD runs each earlier task with its own BN/unit: zero gradient at step 0 (frozen BN); the unit's and the
     owner's own tensors are never touched, only the expert's shared weights are fine-tuned."""
     par = make(unit="taps")
-    learn(par, A, 0, epochs=1)
-    learn(par, B, 1, epochs=1)
+    train_task(par, A, 0, epochs=1)
+    train_task(par, B, 1, epochs=1)
     e0 = par.experts[0]
     owned = {t: snapshot(e0.tt.tensors(t)) for t in ("a", "b")}
     shared = snapshot(e0.tt.shared_named_tensors())
@@ -202,12 +193,12 @@ def test_transfer_reuse_of_an_expert_with_units():
 
 def test_a_unit_leaves_other_experts_untouched():
     par = make()  # whole experts for A and B ...
-    learn(par, A, 0, epochs=1)
-    learn(par, B, 1, epochs=1)
+    train_task(par, A, 0, epochs=1)
+    train_task(par, B, 1, epochs=1)
     before = {t.name: logits(par, t) for t in (A, B)}
     states = [snapshot(e.tt.state()["shared"]) for e in par.experts]
     par.options = Options(**{**TINY, "unit": "patch"})  # ... then units (as a run that switches unit)
-    learn(par, C, 2, epochs=1)
+    train_task(par, C, 2, epochs=1)
     d = par.decision("c")
     assert d["unit"] == "patch" and d["expert"] == d["closest"] and len(par.experts) == 2
     other = 1 - d["expert"]
@@ -253,7 +244,7 @@ def test_runner_unit_run_and_exact_resume(tmp_path, monkeypatch):
 def test_units_do_not_count_in_their_experts_score_unless_asked(score_units, expected):
     par = make(unit="patch", score="mean", score_units=score_units)
     for i, task in enumerate((A, B, A_SMALL)):
-        learn(par, task, i, epochs=1)
+        train_task(par, task, i, epochs=1)
     d = par.decision("a-small")
     # the expert's score over its scored tasks: A alone (B is a unit), or the mean over A and the unrelated B
     rel = d["relatedness"]

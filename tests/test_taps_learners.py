@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_stream
+from conftest import make_stream, train_task
 
 from taskshare.core.serialize import load_tensors
 from taskshare.data import Stream
@@ -47,12 +47,7 @@ def registered(monkeypatch):
 
 
 def fit(learner, task, index, cfg, seed=0):
-    learner.begin_task(task, index)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(cfg.epochs):
-        for x, y in task.train.batches(cfg.batch_size, shuffle=True, generator=g):
-            learner.observe(x, y)
-    learner.end_task(task)
+    train_task(learner, task, index, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed)
 
 
 def logits(learner, task):

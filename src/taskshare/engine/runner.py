@@ -105,6 +105,15 @@ def _check_in_sync(learner, where: str) -> None:
                             "(without torchrun)")
 
 
+def read_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    """A run's checkpoint, refused (one-line ConfigError) when it was made with other settings."""
+    ckpt, _ = load_state(path)
+    if ckpt["identity"] != identity:
+        raise ConfigError(f"checkpoint {path} was made with other settings: resume with the same "
+                          "benchmark, method and options, or run without --resume to start over")
+    return ckpt
+
+
 def versions() -> dict[str, str]:
     return {"taskshare": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "python": platform.python_version()}
@@ -181,10 +190,7 @@ def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benc
     next_task, next_epoch, elapsed = 0, 0, 0.0
     saved_state = None
     if resume and ckpt_path.exists():
-        ckpt, _ = load_state(ckpt_path)
-        if ckpt["identity"] != identity:
-            raise ConfigError(f"checkpoint {ckpt_path} was made with other settings: resume with the same "
-                              "benchmark, method and options, or run without --resume to start over")
+        ckpt = read_checkpoint(ckpt_path, identity)
         saved_state = ckpt["learner"]
         rows = ckpt["rows"]
         next_task, next_epoch, elapsed = ckpt["task"], ckpt["epoch"], ckpt["elapsed"]

@@ -53,9 +53,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from taskshare.core.serialize import atomic_write_json, load_state, read_json, save_state, save_tensors
+from taskshare.core.serialize import atomic_write_json, read_json, save_state, save_tensors
 from taskshare.engine import distributed as ddp
 from taskshare.engine.config import RunConfig, check_options
+from taskshare.engine.runner import read_checkpoint
 from taskshare.errors import ConfigError, TrainingError
 from taskshare.multitask.adatask import VARIANTS
 from taskshare.multitask.au import AURecorder, plot_au
@@ -384,10 +385,7 @@ def _train(benchmark, method, cfg, opts, data: MultiTaskData, run_dir: Path, ide
     recorder: AURecorder | None = None
     ckpt = None
     if resume and ckpt_path.exists():
-        ckpt, _ = load_state(ckpt_path)
-        if ckpt["identity"] != identity:
-            raise ConfigError(f"checkpoint {ckpt_path} was made with other settings: resume with the same "
-                              "benchmark, method and options, or run without --resume to start over")
+        ckpt = read_checkpoint(ckpt_path, identity)
         model.load_state_dict(ckpt["model"])
         start_epoch, history, elapsed, best = ckpt["epoch"], ckpt["history"], ckpt["elapsed"], ckpt["best"]
         say(f"[{method}] resuming at epoch {start_epoch}/{cfg.epochs} from {ckpt_path}")
