@@ -23,8 +23,19 @@ $(STAMP): constraints.txt requirements.txt requirements-data.txt pyproject.toml
 demo: setup
 	$(VENV)/bin/taskshare run
 
+# The whole suite with one torch thread, then the convolution-heavy files again as on an AVX2-only CPU
+# (oneDNN and ATen kernels capped at AVX2, as on AMD EPYC / older Intel) with one and with two threads. The
+# two-thread pass runs in one process: 2 xdist workers x 2 OpenMP threads on 2 cores spin-wait for minutes.
+PORTABLE := tests/test_par_search.py tests/test_par_learner.py tests/test_par_units.py tests/test_par_portability.py \
+            tests/test_taps.py tests/test_patches.py tests/test_pretrained.py tests/test_docs.py
+ifeq ($(shell uname -m),x86_64)
+AVX2     := ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
+endif
+
 test: setup
 	$(PY) -m pytest -n 2 -p no:cacheprovider
+	$(AVX2) TASKSHARE_TEST_THREADS=1 OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 -p no:cacheprovider $(PORTABLE)
+	$(AVX2) TASKSHARE_TEST_THREADS=2 OMP_NUM_THREADS=2 $(PY) -m pytest -n 0 -p no:cacheprovider $(PORTABLE)
 
 bench: setup
 	$(PY) benchmarks/overhead.py

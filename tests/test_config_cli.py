@@ -24,7 +24,7 @@ def test_set_values_are_typed_and_sections_validated():
 @pytest.mark.parametrize("items, message", [
     (["epoch=3"], "unknown config key 'epoch': valid keys are epochs, batch_size"),
     (["epochs=three"], r"epochs='three' is not a valid int"),
-    (["epochs=0"], "epochs must be at least 1"),
+    (["epochs=0"], "epochs must be between 1 and"),
     (["optimizer=rmsprop"], "optimizer='rmsprop' is not valid: choose one of sgd, adam"),
     (["ewc.lamda=3"], "unknown option ewc.lamda: valid options are ewc.lambda, ewc.fisher_samples"),
     (["ewc.fisher=exact"], "ewc: fisher='exact': choose empirical or true"),

@@ -67,7 +67,7 @@ def test_results_fields_and_delta_m_against_a_stubbed_stl(tmp_path):
     M = {t: r["task_metrics"][t]["mse"] for t in r["tasks"]}
     by_hand = 100 / 3 * sum(-(M[t] - stub_test[t]["mse"]) / stub_test[t]["mse"] for t in M)
     assert r["delta_m"] == pytest.approx(by_hand, rel=1e-12)
-    assert r["stl_baseline"]["path"] == str(tmp_path / "stl" / "results.json")
+    assert (tmp_path / "ew" / r["stl_baseline"]["path"]).resolve() == (tmp_path / "stl" / "results.json").resolve()
     assert r["stl_baseline"]["task_metrics"] == stub_test
     # selection on validation only: the reported epoch maximises validation delta_m
     val_dm = [h["val_delta_m"] for h in r["history"]]

@@ -70,7 +70,7 @@ def test_decisions(three):
     d = par.decisions[2]
     assert d["scores"][0] < 0.5 < 0.75 < d["scores"][1]
     assert set(d["relatedness"]) == {"a", "b"} and d["relatedness"]["a"] == d["scores"][0]
-    assert par.decisions[0]["search_s"] > 0 and par.decisions[0]["extractor"] == "raw"
+    assert par.search_seconds["a"] > 0 and "search_s" not in par.decisions[0] and par.decisions[0]["extractor"] == "raw"
     json.dumps(par.decisions)  # results.json-ready
 
 

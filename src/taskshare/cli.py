@@ -105,17 +105,14 @@ def cmd_run(args) -> int:
     benchmark = args.benchmark or DEFAULT_BENCHMARK
     if benchmark in MULTITASK_BENCHMARKS:
         return _run_multitask(args, benchmark)
-    di = distributed.init_from_env()  # under torchrun: one process group, the runner shards every batch
-    methods = [m.strip() for m in (args.method or ",".join(DEFAULT_METHODS)).split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise TaskshareError(f"unknown method {unknown[0]!r}: choose from {', '.join(METHODS)} (taskshare list)")
+    methods = _methods(args.method, DEFAULT_METHODS, METHODS, "")
     cfg = _config(args)
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise TaskshareError("--device cuda: no CUDA device is available here; use --device cpu")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise TaskshareError(f"device {cfg.device}: no CUDA device is available here; use --device cpu")
+    di = distributed.init_from_env()  # under torchrun: one process group, the runner shards every batch
     if cfg.device == "cuda" and di.enabled:  # one GPU per process on a multi-GPU machine
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", di.rank)) % torch.cuda.device_count())
-    out = Path(args.out or Path("runs") / benchmark.replace(":", "_").replace("/", "_"))
+    out = _claim_out(args, benchmark, di.is_main)
     if di.enabled and not di.is_main:
         distributed.barrier()  # rank 0 builds first (fills data caches), the others then read them
     stream = build_benchmark(benchmark, seed=cfg.seed, options=cfg.benchmark)
@@ -136,6 +133,50 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _methods(text: str | None, default: tuple[str, ...], known, kind: str) -> list[str]:
+    """--method a,b,c -> ['a', 'b', 'c'] (default when the flag is absent); empty or unknown: one line."""
+    if text is None:
+        return list(default)
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    if not methods:
+        raise TaskshareError(f"--method {text!r} names no method: give one or more of {', '.join(known)}, "
+                             "comma-separated (taskshare list)")
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise TaskshareError(f"unknown {kind}method {unknown[0]!r}{_setting_hint(unknown[0])}: choose from "
+                             f"{', '.join(known)} (taskshare list)")
+    return methods
+
+
+def _setting_hint(method: str) -> str:
+    """' (a multi-output method: ...)' when `method` exists in the other setting."""
+    from taskshare.methods import METHODS
+    from taskshare.multitask.benchmarks import MULTITASK_BENCHMARKS
+    from taskshare.multitask.runner import MULTITASK_METHODS
+
+    if method in MULTITASK_METHODS and method not in METHODS:
+        return f" here (it is a multi-output method: run it on {', '.join(MULTITASK_BENCHMARKS)})"
+    if method in METHODS and method not in MULTITASK_METHODS:
+        return " here (it is a lifelong method: run it on a task stream such as split-mnist)"
+    return ""
+
+
+_LOCKS: list = []  # the run's folder lock, held until the process exits
+
+
+def _claim_out(args, benchmark: str, is_main: bool = True) -> Path:
+    """The run's output folder, checked writable and locked for this process (rank 0 under torchrun)
+    before any data is loaded; temporary files of an interrupted earlier run there are removed."""
+    from taskshare.engine.outdir import RunLock, default_out, prepare_out, remove_orphans
+
+    out = Path(args.out) if args.out else default_out(benchmark)
+    if is_main:
+        prepare_out(out)
+        _LOCKS.append(RunLock(out).acquire())
+        remove_orphans(out)
+    return out
+
+
 DEFAULT_MULTITASK_METHODS = ("stl", "ew", "adatask")
 
 
@@ -144,13 +185,10 @@ def _run_multitask(args, benchmark: str) -> int:
     from taskshare.engine import distributed
     from taskshare.multitask.runner import MULTITASK_METHODS, multitask_table, run_multitask
 
-    distributed.init_from_env()
-    methods = [m.strip() for m in (args.method or ",".join(DEFAULT_MULTITASK_METHODS)).split(",") if m.strip()]
-    unknown = [m for m in methods if m not in MULTITASK_METHODS]
-    if unknown:
-        raise TaskshareError(f"unknown multi-task method {unknown[0]!r}: choose from {', '.join(MULTITASK_METHODS)}")
+    methods = _methods(args.method, DEFAULT_MULTITASK_METHODS, MULTITASK_METHODS, "multi-task ")
     cfg = _config(args)
-    out = Path(args.out or Path("runs") / benchmark)
+    di = distributed.init_from_env()
+    out = _claim_out(args, benchmark, di.is_main)
     results = [run_multitask(benchmark, m, cfg, out, resume=args.resume, quiet=args.quiet) for m in methods]
     if distributed.is_main():
         print(multitask_table(results))
@@ -184,6 +222,8 @@ def cmd_list(args) -> int:
 def cmd_inspect(args) -> int:
     from taskshare.methods.patches import inspect_backbone
 
+    if not 1 <= args.classes <= 1_000_000:
+        raise TaskshareError(f"--classes must be between 1 and 1000000, got {args.classes}")
     print(inspect_backbone(args.backbone, args.patch, args.classes))
     return 0
 
@@ -191,37 +231,62 @@ def cmd_inspect(args) -> int:
 def cmd_relatedness(args) -> int:
     from taskshare.data import build_benchmark
     from taskshare.engine.config import parse_set
+    from taskshare.engine.outdir import default_out, prepare_out
     from taskshare.methods.par.relatedness import relatedness_report
 
+    if args.image_size is not None and not 1 <= args.image_size <= 1024:
+        raise TaskshareError(f"--image-size must be between 1 and 1024, got {args.image_size}")
+    if not 0 <= args.seed <= 2**32 - 1:
+        raise TaskshareError(f"--seed must be between 0 and {2**32 - 1}, got {args.seed}")
     raw = parse_set(args.sets)
     if set(raw) - {"benchmark"}:
         raise TaskshareError("taskshare relatedness takes only benchmark options: --set benchmark.KEY=VALUE")
     stream = build_benchmark(args.benchmark, seed=args.seed, options=raw.get("benchmark", {}))
-    out = Path(args.out or Path("runs") / args.benchmark.replace(":", "_").replace("/", "_"))
+    out = prepare_out(Path(args.out) if args.out else default_out(args.benchmark))
     relatedness_report(stream, out, extractor=args.extractor, loo=args.loo,  # prints the matrix itself
                        zero_is_unrelated=args.zero_is_unrelated, image_size=args.image_size)
     return 0
 
 
 def cmd_report(args) -> int:
+    from taskshare.engine.outdir import prepare_out
     from taskshare.results.report import report
 
+    if args.plots is not None:
+        prepare_out(args.plots, "--plots")
     print(report(args.paths, out_dir=args.plots))
     return 0
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def main(argv: list[str] | None = None) -> int:
+    from taskshare import progress
+
     args = _parser().parse_args(argv)
+    was_quiet = progress.is_quiet()
+    progress.set_quiet(getattr(args, "quiet", False))
     try:
         commands = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "relatedness": cmd_relatedness,
                     "inspect": cmd_inspect}
         return commands[args.command](args)
     except TaskshareError as e:
-        print(f"taskshare: error: {e}", file=sys.stderr)
+        print(f"taskshare: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the OS refused mid-run (disk full, read-only, ...): what was written is kept
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"taskshare: error: {_one_line(e.strerror or e)}{where}: free space or choose another --out; "
+              "the last good checkpoint is kept (continue with --resume)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("taskshare: interrupted; continue with the same command and --resume", file=sys.stderr)
         return 130
+    finally:
+        while _LOCKS:
+            _LOCKS.pop().release()
+        progress.set_quiet(was_quiet)
 
 
 if __name__ == "__main__":

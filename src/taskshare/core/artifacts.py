@@ -1,13 +1,16 @@
 """Per-task artifacts: one task's tensors alone, as ``NAME.safetensors`` plus a small ``NAME.json``.
 
-The JSON records the format version, the task name, every saved tensor's shape/dtype/kind, the slots that
-were left out because they equal the base (``omitted``; e.g. TAPS's inactive deltas), free-form method
-metadata, and the fingerprint of the base network's shared tensors. The same fingerprint is stored in the
-safetensors header, so a sidecar that does not belong to its tensor file is detected. Loading onto a
-different base network is an error that says so.
+The JSON records the format version, the task name and method, every saved tensor's shape/dtype/kind, the
+slots that were left out because they equal the base (``omitted``; e.g. TAPS's inactive deltas), free-form
+method metadata, the fingerprint of the base network's shared tensors and a sha256 of the task's tensors
+(names, dtypes, shapes, bytes). Task, method, fingerprint and checksum are stored in the safetensors header
+too, so a sidecar that does not belong to its tensor file, an edited sidecar, a tensor of another dtype or
+shape, or modified bytes are each a one-line ArtifactError (`read_artifact`). Loading onto a different
+base network is an error that says so.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,7 +22,7 @@ from taskshare.core.serialize import atomic_write_json, load_tensors, read_json,
 from taskshare.core.tasktensors import TaskTensors
 from taskshare.errors import ArtifactError
 
-FORMAT = "taskshare-task/1"
+FORMAT = "taskshare-task/2"  # /2: task, method and a content checksum in the header too
 
 
 def artifact_paths(path: str | Path) -> tuple[Path, Path]:
@@ -30,6 +33,17 @@ def artifact_paths(path: str | Path) -> tuple[Path, Path]:
     return p.with_suffix(".safetensors"), p.with_suffix(".json")
 
 
+def content_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{list(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_task(tt: TaskTensors, task: str, path: str | Path, *, omit: Iterable[str] = (),
               meta: dict[str, Any] | None = None) -> int:
     """Save `task`'s tensors (minus `omit`, which must equal the base on load). Returns bytes written."""
@@ -38,20 +52,80 @@ def save_task(tt: TaskTensors, task: str, path: str | Path, *, omit: Iterable[st
     entries = {n: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."),
                    "kind": "param" if tt.is_param(n) else "buffer",
                    "trainable": bool(t.requires_grad)} for n, t in tensors.items()}
-    sidecar = {"format": FORMAT, "task": task, "base_fingerprint": fingerprint,
+    method = str((meta or {}).get("method", ""))
+    sha = content_sha256(tensors)
+    sidecar = {"format": FORMAT, "task": task, "method": method, "base_fingerprint": fingerprint, "sha256": sha,
                "tensors": entries, "omitted": sorted(set(omit)), "meta": meta or {}}
     st_path, json_path = artifact_paths(path)
-    size = save_tensors(st_path, tensors, {"format": FORMAT, "task": task, "base_fingerprint": fingerprint})
+    size = save_tensors(st_path, tensors, {"format": FORMAT, "task": task, "method": method,
+                                           "base_fingerprint": fingerprint, "sha256": sha})
     atomic_write_json(json_path, sidecar)
     return size + json_path.stat().st_size
 
 
+_SIDECAR = {"format": str, "task": str, "method": str, "base_fingerprint": str, "sha256": str, "tensors": dict,
+            "omitted": list, "meta": dict}
+_ENTRY = {"shape": list, "dtype": str, "kind": str, "trainable": bool}
+
+
+def _check_sidecar(side: Any, json_path: Path) -> dict[str, Any]:
+    """The sidecar's schema, field by field: one-line ArtifactError naming the first problem."""
+    def bad(what: str) -> ArtifactError:
+        return ArtifactError(f"artifact metadata {json_path} {what}: re-export the task (or restore the file)")
+
+    if not isinstance(side, dict):
+        raise bad("is not a JSON object")
+    if side.get("format") != FORMAT:
+        raise ArtifactError(f"{json_path} is not a taskshare task artifact of format {FORMAT!r} (found "
+                            f"{str(side.get('format'))[:40]!r}): re-export it with this taskshare version")
+    for key, tp in _SIDECAR.items():
+        if not isinstance(side.get(key), tp):
+            raise bad(f"has no {key!r} of type {tp.__name__}")
+    for name, entry in side["tensors"].items():
+        if not isinstance(entry, dict):
+            raise bad(f"describes tensor {name!r} with a {type(entry).__name__}, not an object")
+        for key, tp in _ENTRY.items():
+            if not isinstance(entry.get(key), tp):
+                raise bad(f"gives tensor {name!r} no {key!r} of type {tp.__name__}")
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in entry["shape"]):
+            raise bad(f"gives tensor {name!r} an invalid shape {entry['shape']!r}")
+    if not all(isinstance(n, str) for n in side["omitted"]):
+        raise bad("lists a non-name in 'omitted'")
+    return side
+
+
 def read_sidecar(path: str | Path) -> dict[str, Any]:
     _, json_path = artifact_paths(path)
-    side = read_json(json_path, "artifact metadata")
-    if not isinstance(side, dict) or side.get("format") != FORMAT:
-        raise ArtifactError(f"{json_path} is not a taskshare task artifact (format {FORMAT!r} expected)")
-    return side
+    return _check_sidecar(read_json(json_path, "artifact metadata"), json_path)
+
+
+def read_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(sidecar, tensors) of the artifact at `path`, after checking that the two files belong together and
+    agree: task, method, base fingerprint and checksum in the header; every tensor's name, shape and dtype;
+    the content checksum of the tensors. Any mismatch is a one-line ArtifactError."""
+    st_path, json_path = artifact_paths(path)
+    side = read_sidecar(path)
+    tensors, header = load_tensors(st_path, "artifact")
+    for key in ("task", "method", "base_fingerprint", "sha256"):
+        if header.get(key) != side[key]:
+            raise ArtifactError(f"{st_path.name} and {json_path.name} belong to different saves ({key} "
+                                f"{str(header.get(key))[:40]!r} != {side[key][:40]!r}): copy both files of one "
+                                "artifact together")
+    expected = side["tensors"]
+    if set(tensors) != set(expected):
+        odd = sorted(set(tensors) ^ set(expected))[0]
+        raise ArtifactError(f"artifact {st_path} is corrupted: tensor {odd!r} is in only one of its two files; "
+                            "re-export the task")
+    for name, entry in expected.items():
+        t = tensors[name]
+        if list(t.shape) != entry["shape"] or str(t.dtype).removeprefix("torch.") != entry["dtype"]:
+            raise ArtifactError(f"artifact {st_path} is corrupted: {name} is {str(t.dtype).removeprefix('torch.')} "
+                                f"{list(t.shape)}, its metadata says {entry['dtype']} {entry['shape']}; re-export "
+                                "the task")
+    if content_sha256(tensors) != side["sha256"]:
+        raise ArtifactError(f"artifact {st_path}: content checksum mismatch, the file was modified or corrupted; "
+                            "re-export the task")
+    return side, tensors
 
 
 def load_task(tt: TaskTensors, path: str | Path, task: str | None = None, *, replace: bool = False) -> str:
@@ -60,20 +134,14 @@ def load_task(tt: TaskTensors, path: str | Path, task: str | None = None, *, rep
     Raises ArtifactError when the files are corrupted, disagree with each other, do not fit `tt`'s slots,
     or were saved on a different base network.
     """
-    st_path, json_path = artifact_paths(path)
-    side = read_sidecar(path)
-    tensors, header = load_tensors(st_path, "artifact")
+    st_path, _ = artifact_paths(path)
+    side, tensors = read_artifact(path)
     fp = tt.fingerprint()
-    if header.get("base_fingerprint") != side["base_fingerprint"]:
-        raise ArtifactError(f"{st_path.name} and {json_path.name} belong to different saves: "
-                            "copy both files of one artifact together")
     if side["base_fingerprint"] != fp:
         raise ArtifactError(f"artifact {st_path} was saved on a different base network "
                             f"(fingerprint {side['base_fingerprint'][:12]} != {fp[:12]}): "
                             "load it onto the base model it was trained with")
     expected = side["tensors"]
-    if set(tensors) != set(expected):
-        raise ArtifactError(f"artifact {st_path} is corrupted: its tensors do not match {json_path.name}")
     missing = set(tt.slots) - set(tensors) - set(side["omitted"])
     unknown = set(tensors) - set(tt.slots)
     if unknown or missing:
@@ -81,14 +149,10 @@ def load_task(tt: TaskTensors, path: str | Path, task: str | None = None, *, rep
         raise ArtifactError(f"artifact {st_path} does not fit this model: slot {bad!r} "
                             f"{'is not in the model' if unknown else 'is missing'}; "
                             "build the model with the same method and options as when it was saved")
-    for name, entry in expected.items():
-        if list(tensors[name].shape) != entry["shape"]:
-            raise ArtifactError(f"artifact {st_path} is corrupted: {name} has shape {list(tensors[name].shape)}, "
-                                f"metadata says {entry['shape']}")
     name = task or side["task"]
     if replace and name in tt:
         tt.remove_task(name)
-    trainable = [n for n, e in expected.items() if e.get("trainable")]
+    trainable = [n for n, e in expected.items() if e["trainable"]]
     tt.add_task(name, tensors, trainable=trainable)
     return name
 

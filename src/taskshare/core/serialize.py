@@ -63,18 +63,37 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
 
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise ArtifactError(f"{what} {path} not found: check the path") from None
+    except IsADirectoryError:
+        raise ArtifactError(f"{what} {path} is a folder, not a file: remove it or point to the file") from None
+    except OSError as e:
+        raise ArtifactError(f"{what} {path} cannot be read ({e.strerror}): check its permissions") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{what} {path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}): "
                             "the file is corrupted; re-create it") from None
 
 
+def canonical_header(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header written deterministically.
+
+    safetensors writes ``__metadata__`` in hash-map order, which differs between processes; here every key is
+    sorted, separators are compact and the header is space-padded to a multiple of 8 bytes (the format's
+    alignment). Tensor offsets are relative to the data section, so the data bytes are kept as they are.
+    """
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
+
+
 def tensors_to_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
-    """safetensors bytes; tensors are made contiguous, detached CPU copies (views and shared storage are fine)."""
+    """safetensors bytes, the same for the same input in every process; tensors are made contiguous, detached
+    CPU copies (views and shared storage are fine)."""
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    return st_save(flat, metadata=metadata)
+    return canonical_header(st_save(flat, metadata=metadata))
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
@@ -91,6 +110,10 @@ def load_tensors(path: str | os.PathLike, what: str = "file") -> tuple[dict[str,
         data = Path(path).read_bytes()
     except FileNotFoundError:
         raise ArtifactError(f"{what} {path} not found: check the path") from None
+    except IsADirectoryError:
+        raise ArtifactError(f"{what} {path} is a folder, not a file: remove it or point to the file") from None
+    except OSError as e:
+        raise ArtifactError(f"{what} {path} cannot be read ({e.strerror}): check its permissions") from None
     try:
         tensors = st_load(data)
         n = int.from_bytes(data[:8], "little")

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from taskshare import progress
 from taskshare.data import sources
 from taskshare.data.datasets import Stream, Task, TensorDataset, cap_stratified, split_train_val
 from taskshare.errors import DataError, TaskshareError
@@ -56,6 +57,7 @@ def build_transfer_images(*, seed: int, val_fraction: float, max_eval: int = 200
     from taskshare.data.benchmarks import build_domain_stream
 
     max_eval = _int("max_eval", max_eval, 0)
+    progress.say("transfer-images: reading MNIST, Fashion-MNIST, AnimalShape and optdigits")
     tasks = [Task(t.name, t.train, cap_stratified(t.val, max_eval, seed), cap_stratified(t.test, max_eval, EVAL_SEED),
                   t.num_classes, t.input_shape, t.classes)
              for t in build_domain_stream(seed=seed, val_fraction=val_fraction)]
@@ -147,6 +149,7 @@ def _text_tasks(x: torch.Tensor, labels: dict[str, torch.Tensor], strat: torch.T
 def build_transfer_text(*, seed: int, val_fraction: float, max_samples: int = 800, max_length: int = 64) -> Stream:
     n = _int("max_samples", max_samples, 20)
     length = _int("max_length", max_length, 4)
+    progress.say(f"transfer-text: reading and tokenizing the clothing reviews and Rotten Tomatoes ({n} each)")
     texts, labels = load_clothing(n)
     rt_texts, rt_y = load_rotten_tomatoes(n)
     x = _tokenize(texts + rt_texts, length)

@@ -8,6 +8,8 @@ time; an unknown key or a value of the wrong type is a one-line ConfigError nami
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -42,6 +44,10 @@ class RunConfig:
 
 
 CHOICES = {"optimizer": ("sgd", "adam"), "precision": ("fp32", "bf16")}
+MAX_SEED = 2**32 - 1
+MAX_LR = 1e6          # beyond this no optimizer step is meaningful (and 1e39 does not fit float32)
+MAX_INT = 2**31 - 1   # epochs, batch sizes, limits: anything larger is a typo
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 
 
@@ -78,7 +84,11 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             return None
         raise ConfigError(f"{key} cannot be null: give a {base.__name__}")
     if base is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        if abs(value) > 1e300:
+            raise ConfigError(f"{key}={value} is too large: give a finite number")
+        value = float(value)
+    if base is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}={value} is not finite: give a finite number, e.g. --set {key}=0.1")
     if base is tuple and isinstance(value, list):
         return tuple(value)
     if base is Any or isinstance(value, base) and not (base is int and isinstance(value, bool)):
@@ -105,9 +115,16 @@ def check_options(cls: type, values: dict[str, Any], section: str) -> Any:
 
 def load_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise ConfigError(f"config file {p} not found: check the --config path")
-    text = p.read_text()
+    if not p.is_file():
+        raise ConfigError(f"config file {p} is not a file: give the path of a .yaml or .toml file")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {p} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"config file {p} cannot be read ({e.strerror}): check its permissions") from None
     try:
         if p.suffix == ".toml":
             data = tomllib.loads(text)
@@ -147,6 +164,33 @@ def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def check_ranges(top: dict[str, Any]) -> None:
+    """Range checks of the run settings in `top` (already of the right types): one-line ConfigErrors."""
+    for key in ("epochs", "batch_size", "eval_batch_size", "limit"):
+        if top.get(key) is not None:
+            _need(1 <= top[key] <= MAX_INT, f"{key} must be between 1 and {MAX_INT}, got {top[key]}")
+    if "lr" in top:
+        _need(0 < top["lr"] <= MAX_LR, f"lr must be a positive number at most {MAX_LR:g}, got {top['lr']}: "
+              "e.g. --set lr=0.01")
+    if "weight_decay" in top:
+        _need(0 <= top["weight_decay"] <= MAX_LR, f"weight_decay must be between 0 and {MAX_LR:g}, got "
+              f"{top['weight_decay']}: e.g. --set weight_decay=0.0005")
+    if "momentum" in top:
+        _need(0 <= top["momentum"] < 1, f"momentum must be in [0, 1), got {top['momentum']}: e.g. --set momentum=0.9")
+    if "seed" in top:
+        _need(0 <= top["seed"] <= MAX_SEED, f"seed must be between 0 and {MAX_SEED}, got {top['seed']}")
+    if "device" in top:
+        _need(bool(_DEVICE.match(str(top["device"]))),
+              f"device={top['device']!r} is not known: use cpu, cuda or cuda:N")
+    if "checkpoint_minutes" in top:
+        _need(top["checkpoint_minutes"] > 0, f"checkpoint_minutes must be positive, got {top['checkpoint_minutes']}")
+
+
 def build_config(raw: dict[str, Any], method_options: dict[str, type]) -> RunConfig:
     """Validate a raw nested dict into a RunConfig; `method_options` maps method name -> Options class."""
     top: dict[str, Any] = {}
@@ -168,13 +212,7 @@ def build_config(raw: dict[str, Any], method_options: dict[str, type]) -> RunCon
     for key, choices in CHOICES.items():
         if key in top and top[key] not in choices:
             raise ConfigError(f"{key}={top[key]!r} is not valid: choose one of {', '.join(choices)}")
-    for key in ("epochs", "batch_size", "eval_batch_size"):
-        if key in top and top[key] < 1:
-            raise ConfigError(f"{key} must be at least 1, got {top[key]}")
-    if top.get("limit") is not None and top["limit"] < 1:
-        raise ConfigError(f"limit must be at least 1, got {top['limit']}")
-    if "lr" in top and not top["lr"] > 0:
-        raise ConfigError(f"lr must be positive, got {top['lr']}")
+    check_ranges(top)
     cfg = RunConfig(**top)
     for name, values in sections.items():
         check_options(method_options[name], values, name)  # validate now, build again per run

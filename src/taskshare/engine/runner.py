@@ -45,18 +45,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from taskshare import __version__
+from taskshare.core.paths import safe_name
+from taskshare import __version__, progress
 from taskshare.core import TaskTensors
+from taskshare.core.checkpoint import check_lifelong, restoring
 from taskshare.core.serialize import atomic_write_json, load_state, read_json, save_state, save_tensors
 from taskshare.engine import distributed as ddp
 from taskshare.engine.config import RunConfig, check_options
+from taskshare.engine.outdir import MIN_FREE_BYTES, prepare_out
 from taskshare.engine.loop import NonFiniteGuard, evaluate, train_epoch, train_mixed_epoch
-from taskshare.errors import ConfigError, TrainingError
+from taskshare.errors import ArtifactError, ConfigError, TrainingError
 from taskshare.methods import METHODS
 from taskshare.methods.base import task_seed
 from taskshare.results.metrics import average_accuracy, backward_transfer, forgetting
 
 CHECKPOINT = "checkpoint.safetensors"
+# results.json keys (at any depth) that measure the machine, not the method: the only values that may differ
+# between two runs with the same seed and settings (tests/test_reproducible_outputs.py)
+TIMING_FIELDS = ("time_s", "peak_rss_mb", "timing")
 # settings that do not change results: a run may be resumed with other values
 _NOT_IDENTITY = ("device", "checkpoint_minutes", "eval_batch_size")
 
@@ -105,15 +111,6 @@ def _check_in_sync(learner, where: str) -> None:
                             "(without torchrun)")
 
 
-def read_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
-    """A run's checkpoint, refused (one-line ConfigError) when it was made with other settings."""
-    ckpt, _ = load_state(path)
-    if ckpt["identity"] != identity:
-        raise ConfigError(f"checkpoint {path} was made with other settings: resume with the same "
-                          "benchmark, method and options, or run without --resume to start over")
-    return ckpt
-
-
 def versions() -> dict[str, str]:
     return {"taskshare": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "python": platform.python_version()}
@@ -123,31 +120,27 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _identity(benchmark: str, method: str, cfg: RunConfig) -> dict[str, Any]:
-    conf = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IDENTITY}
-    conf["methods"] = {method: cfg.methods.get(method, {})}
+def _identity(benchmark: str, method: str, cfg: RunConfig | dict[str, Any]) -> dict[str, Any]:
+    """What makes two runs the same run: benchmark, method and every setting that changes results."""
+    config = cfg.to_dict() if isinstance(cfg, RunConfig) else cfg
+    conf = {k: v for k, v in config.items() if k not in _NOT_IDENTITY}
+    conf["methods"] = {method: (config.get("methods") or {}).get(method, {})}
     return {"benchmark": benchmark, "method": method, "config": conf}
 
 
-class _Progress:
-    """A tqdm bar on stderr, or nothing when quiet."""
-
-    def __init__(self, quiet: bool, total: int, desc: str):
-        self.bar = None
-        if not quiet:
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, desc=desc, unit="batch", leave=False, file=sys.stderr,
-                            dynamic_ncols=True, mininterval=0.5)
-
-    def update(self, n: int) -> None:
-        self.bar.update(n)
-
-    def __enter__(self):
-        return self.bar
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()
+def finished_run(path: Path, identity: dict[str, Any], say: Callable[[str], None]) -> dict[str, Any]:
+    """--resume of a finished run: its results when made with the same settings, else a one-line refusal."""
+    done = read_json(path, "results")
+    try:
+        same = _identity(done["benchmark"], done["method"], done["config"]) == identity
+    except (KeyError, TypeError, AttributeError):
+        raise ArtifactError(f"{path} is not a taskshare results file (benchmark, method or config missing): "
+                            "delete it or run without --resume to start over") from None
+    if not same:
+        raise ConfigError(f"{path.parent} holds a finished run made with other settings: resume with the same "
+                          "benchmark, method and options, or run without --resume to start over")
+    say(f"[{identity['method']}] already complete in {path.parent}: keeping its results")
+    return done
 
 
 def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benchmark: str | None = None,
@@ -169,10 +162,7 @@ def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benc
     say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
 
     if resume and (run_dir / "results.json").exists() and not ckpt_path.exists():
-        done = read_json(run_dir / "results.json", "results")
-        if _identity(done["benchmark"], done["method"], RunConfig(**done["config"])) == identity:
-            say(f"[{method}] already complete in {run_dir}: keeping its results")
-            return done
+        return finished_run(run_dir / "results.json", identity, say)
 
     tasks = [t.limit(cfg.limit, seed=cfg.seed) if cfg.limit else t for t in stream.tasks]
     names = [t.name for t in tasks]
@@ -182,6 +172,9 @@ def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benc
         learner_cfg = dataclasses.replace(cfg, model=stream.default_model)
     learner = cls(learner_cfg, options, tasks[0].input_shape)
     device = learner.device
+    if di.is_main:  # room for a checkpoint (tensors + optimizer moments, twice during the atomic rename)
+        need = 4 * sum(t.numel() * t.element_size() for t in _learner_tensors(learner))
+        prepare_out(run_dir, "--out", need_bytes=max(MIN_FREE_BYTES, need))
     reducer = ddp.GradReducer() if di.enabled else None
     if di.enabled:
         _check_shards(learner, tasks, cfg, di.world_size)
@@ -190,12 +183,14 @@ def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benc
     next_task, next_epoch, elapsed = 0, 0, 0.0
     saved_state = None
     if resume and ckpt_path.exists():
-        ckpt = read_checkpoint(ckpt_path, identity)
+        ckpt = check_lifelong(load_state(ckpt_path)[0], ckpt_path, identity, n_tasks=len(tasks), epochs=cfg.epochs,
+                              offline=cls.offline)
         saved_state = ckpt["learner"]
         rows = ckpt["rows"]
         next_task, next_epoch, elapsed = ckpt["task"], ckpt["epoch"], ckpt["elapsed"]
+        with restoring(ckpt_path):
+            learner.load_state_dict(saved_state)
         torch.set_rng_state(ckpt["rng"])
-        learner.load_state_dict(saved_state)
         ddp.attach_all(learner, reducer)
         say(f"[{method}] resuming at task {next_task + 1}/{T}, epoch {next_epoch} from {ckpt_path}")
 
@@ -224,19 +219,24 @@ def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benc
         ddp.attach_all(learner, reducer)
 
     def evaluate_row(upto: int) -> list[float | None]:
-        return [evaluate(learner, tasks[j].test, names[j], cfg.eval_batch_size, device) if j <= upto else None
-                for j in range(T)]
+        row: list[float | None] = [None] * T
+        with progress.bar(upto + 1, f"{method} test", unit="task", quiet=quiet) as bar:
+            for j in range(upto + 1):
+                row[j] = evaluate(learner, tasks[j].test, names[j], cfg.eval_batch_size, device)
+                bar.update(1)
+        return row
 
     if cls.offline:
         learner.begin_all(tasks)
         if saved_state is not None:
-            learner.load_state_dict(saved_state)
+            with restoring(ckpt_path):
+                learner.load_state_dict(saved_state)
         ddp.broadcast_tensors(_learner_tensors(learner))
         prepare()
         datasets = [t.train for t in tasks]
         n_batches = sum(-(-len(d) // cfg.batch_size) for d in datasets)
         guard = NonFiniteGuard(lambda: f"{method}, epoch {epoch + 1}", reducer)
-        with _Progress(quiet, n_batches * (cfg.epochs - next_epoch), f"{method} (all tasks)") as bar:
+        with progress.bar(n_batches * (cfg.epochs - next_epoch), f"{method} (all tasks)", quiet=quiet) as bar:
             for epoch in range(next_epoch, cfg.epochs):
                 gen = torch.Generator().manual_seed(task_seed(cfg.seed, 0, salt=100 + epoch))
                 train_mixed_epoch(learner, datasets, cfg.batch_size, gen, device, guard, bar, reducer)
@@ -252,11 +252,13 @@ def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benc
             ddp.broadcast_tensors(_learner_tensors(learner))  # ranks agree (before begin_task: LwF's teacher)
             learner.begin_task(task, i)
             if first_epoch > 0:  # mid-task resume: restore moments and method state after begin_task
-                learner.load_state_dict(saved_state)
+                with restoring(ckpt_path):
+                    learner.load_state_dict(saved_state)
             prepare()
             n_batches = -(-len(task.train) // cfg.batch_size)
             guard = NonFiniteGuard(lambda: f"{method}, task {task.name}, epoch {epoch + 1}", reducer)
-            with _Progress(quiet, n_batches * (cfg.epochs - first_epoch), f"{method} {i + 1}/{T} {task.name}") as bar:
+            with progress.bar(n_batches * (cfg.epochs - first_epoch), f"{method} {i + 1}/{T} {task.name}",
+                              quiet=quiet) as bar:
                 for epoch in range(first_epoch, cfg.epochs):
                     gen = torch.Generator().manual_seed(task_seed(cfg.seed, i, salt=100 + epoch))
                     if reducer is not None and hasattr(learner, "set_epoch"):
@@ -292,12 +294,8 @@ def save_artifacts(learner, names: list[str], art_dir: Path) -> tuple[dict[str, 
     tt = learner.tt
     base = save_tensors(art_dir / "base.safetensors", tt.shared_named_tensors(),
                         {"base_fingerprint": tt.fingerprint()})
-    sizes = {name: learner.save_artifact(name, art_dir / _safe(name)) for name in names}
+    sizes = {name: learner.save_artifact(name, art_dir / safe_name(name)) for name in names}
     return sizes, base
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def _results(learner, benchmark, method, cfg, names, rows, val_acc, time_s, run_dir) -> dict[str, Any]:

@@ -81,6 +81,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from taskshare import progress
 from taskshare.core import TaskTensors, save_task
 from taskshare.errors import ConfigError, TaskshareError
 from taskshare.methods.base import Learner, make_optimizer, task_seed
@@ -620,10 +621,12 @@ class Patches(Learner):
                     m.reset_running_stats()  # in place: this task's tensors
                     m.momentum = None
                 self.train_mode()
-                with self.autocast():
+                n_batches = -(-len(dataset) // self.cfg.batch_size)
+                with self.autocast(), progress.bar(n_batches, f"{task}: BN statistics") as bar:
                     for x, _ in dataset.batches(self.cfg.batch_size, shuffle=False):
                         if len(x) > 1:
                             self.net(x.to(self.device))
+                        bar.update(1)
             finally:
                 for m, momentum in zip(self.task_bn, momenta):
                     m.momentum = momentum

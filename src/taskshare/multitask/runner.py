@@ -10,7 +10,7 @@
   are always null) plus ``task_metrics`` {task: {metric: value}} (test, at the selected epoch),
   ``val_metrics``, ``higher_is_better``, ``best_epoch``, ``history`` (per epoch: training losses,
   validation metrics, validation Δm, loss weights), ``stl_baseline`` (where the single-task numbers come
-  from: path, config, their test and validation metrics) and ``delta_m`` / ``val_delta_m`` (percent,
+  from: path relative to this folder, config, their test and validation metrics) and ``delta_m`` / ``val_delta_m`` (percent,
   ``taskshare.results.metrics.delta_m``: positive = better than single-task);
 - ``artifacts/base.safetensors`` (the shared encoder) and ``artifacts/<task>.safetensors`` (each head,
   with the base's sha256 in its metadata); for ``stl`` each task's whole network;
@@ -53,10 +53,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from taskshare.core.serialize import atomic_write_json, read_json, save_state, save_tensors
+from taskshare.core.checkpoint import check_multi_output, restoring
+from taskshare.core.paths import safe_name
+from taskshare.core.serialize import atomic_write_json, read_json, load_state, save_state, save_tensors
+from taskshare.engine.outdir import MIN_FREE_BYTES, prepare_out
 from taskshare.engine import distributed as ddp
 from taskshare.engine.config import RunConfig, check_options
-from taskshare.engine.runner import read_checkpoint
 from taskshare.errors import ConfigError, TrainingError
 from taskshare.multitask.adatask import VARIANTS
 from taskshare.multitask.au import AURecorder, plot_au
@@ -291,10 +293,6 @@ def _sha(tensors: Mapping[str, Tensor]) -> str:
     return h.hexdigest()
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
 def _au_kind(method: str, cfg: RunConfig) -> str:
     return "adatask" if method.startswith("adatask") else cfg.optimizer
 
@@ -322,9 +320,11 @@ def run_multitask(benchmark: str, method: str, cfg: RunConfig, out_dir: str | Pa
     done = run_dir / "results.json"
     if resume and done.exists() and not (run_dir / CHECKPOINT).exists():
         prev = read_json(done, "results")
-        if prev.get("identity") == identity:
-            say(f"[{method}] already complete in {run_dir}: keeping its results")
-            return prev
+        if not isinstance(prev, dict) or prev.get("identity") != identity:
+            raise ConfigError(f"{run_dir} holds a finished run made with other settings: resume with the same "
+                              "benchmark, method and options, or run without --resume to start over")
+        say(f"[{method}] already complete in {run_dir}: keeping its results")
+        return prev
 
     data = _data(benchmark, cfg, say)
     stl = None if method == "stl" else ensure_stl(benchmark, cfg, out_dir, resume=resume, quiet=quiet)
@@ -338,7 +338,7 @@ def ensure_stl(benchmark: str, cfg: RunConfig, out_dir: str | Path, *, resume: b
     identity = _identity(benchmark, "stl", cfg, method_options("stl", cfg))
     if path.exists() and not (path.parent / CHECKPOINT).exists():
         prev = read_json(path, "STL results")
-        if prev.get("identity") == identity:
+        if isinstance(prev, dict) and prev.get("identity") == identity:
             return prev
     if not quiet and ddp.is_main():
         print(f"[stl] training the single-task baselines for {benchmark} (needed for delta_m)", file=sys.stderr)
@@ -371,6 +371,9 @@ def _train(benchmark, method, cfg, opts, data: MultiTaskData, run_dir: Path, ide
                                    options=options, grad_mode=opts["grad_mode"], **base_kw)
         units = {"all": (names, model)}
     stl_val = stl["val_metrics"] if stl is not None else None
+    if di.is_main:  # room for a checkpoint (weights + optimizer moments, twice during the atomic rename)
+        need = 4 * sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        prepare_out(run_dir, "--out", need_bytes=max(MIN_FREE_BYTES, need))
 
     def score(unit: str, val: dict) -> float:
         if method == "stl":
@@ -385,8 +388,9 @@ def _train(benchmark, method, cfg, opts, data: MultiTaskData, run_dir: Path, ide
     recorder: AURecorder | None = None
     ckpt = None
     if resume and ckpt_path.exists():
-        ckpt = read_checkpoint(ckpt_path, identity)
-        model.load_state_dict(ckpt["model"])
+        ckpt = check_multi_output(load_state(ckpt_path)[0], ckpt_path, identity, epochs=cfg.epochs)
+        with restoring(ckpt_path):
+            model.load_state_dict(ckpt["model"])
         start_epoch, history, elapsed, best = ckpt["epoch"], ckpt["history"], ckpt["elapsed"], ckpt["best"]
         say(f"[{method}] resuming at epoch {start_epoch}/{cfg.epochs} from {ckpt_path}")
 
@@ -403,9 +407,11 @@ def _train(benchmark, method, cfg, opts, data: MultiTaskData, run_dir: Path, ide
         recorder = AURecorder.for_params(shared, len(names), _au_kind(method, cfg), lr=cfg.lr, gamma=opts["au_gamma"])
         stepper.recorder = recorder
     if ckpt is not None:
-        stepper.load_state_dict(ckpt["stepper"])
+        with restoring(ckpt_path):
+            stepper.load_state_dict(ckpt["stepper"])
         if recorder is not None and ckpt.get("au") is not None:
-            recorder.load_state_dict(ckpt["au"])
+            with restoring(ckpt_path):
+                recorder.load_state_dict(ckpt["au"])
         torch.set_rng_state(ckpt["rng"])
 
     from taskshare.methods.base import task_seed
@@ -491,7 +497,7 @@ def _results(benchmark, method, cfg, opts, data, model, units, best, test, val_m
         base, added = 0, [_numel(model.nets[t]) for t in names]
         for t in names:
             st = model.nets[t].state_dict()
-            sizes[t] = save_tensors(art / f"{_safe(t)}.safetensors", st, {"task": t, "kind": "single-task network"}) \
+            sizes[t] = save_tensors(art / f"{safe_name(t)}.safetensors", st, {"task": t, "kind": "single-task network"}) \
                 if write else 0
     else:
         base, added = _numel(model.encoder), [_numel(model.heads[t]) for t in names]
@@ -501,7 +507,7 @@ def _results(benchmark, method, cfg, opts, data, model, units, best, test, val_m
             save_tensors(art / "base.safetensors", enc, {"kind": "shared encoder", "sha256": fp})
         for t in names:
             st = model.heads[t].state_dict()
-            sizes[t] = save_tensors(art / f"{_safe(t)}.safetensors", st, {"task": t, "base_sha256": fp}) \
+            sizes[t] = save_tensors(art / f"{safe_name(t)}.safetensors", st, {"task": t, "base_sha256": fp}) \
                 if write else 0
     accs = [test[t].get("acc") for t in names]
     if all(a is not None for a in accs):
@@ -527,7 +533,7 @@ def _results(benchmark, method, cfg, opts, data, model, units, best, test, val_m
         "config": cfg.to_dict(), "identity": identity, "versions": versions(),
     }
     if stl is not None:
-        res["stl_baseline"] = {"path": str(run_dir.parent / "stl" / "results.json"), "method": "stl",
+        res["stl_baseline"] = {"path": "../stl/results.json", "method": "stl",  # relative to this folder
                                "config": stl["config"], "best_epoch": stl["best_epoch"],
                                "task_metrics": stl["task_metrics"], "val_metrics": stl["val_metrics"]}
         res["delta_m"] = delta_m(test, stl["task_metrics"], hib)

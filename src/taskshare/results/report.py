@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from collections.abc import Sequence
 from numbers import Real
 from pathlib import Path
 
+from taskshare.core.paths import safe_name
 from taskshare.core.serialize import save_figure
 from taskshare.errors import TaskshareError
 from taskshare.results.metrics import average_accuracy_curve, validate_matrix
@@ -198,10 +198,6 @@ def comparison_table(results: Sequence[dict]) -> str:
 
 # ---------------------------------------------------------------- plots
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("_") or "x"
-
-
 def _labels(runs: Sequence[dict]) -> list[str]:
     """Method names, with the seed appended where one method has several runs."""
     methods = [r["method"] for r in runs]
@@ -338,12 +334,12 @@ def plot_results(results: Sequence[dict], out_dir: str | os.PathLike) -> list[Pa
     for bench, runs in by_bench.items():
         methods = [r["method"] for r in runs]
         for r in runs:
-            name = f"acc_matrix_{_safe(bench)}_{_safe(r['method'])}"
+            name = f"acc_matrix_{safe_name(bench)}_{safe_name(r['method'])}"
             if methods.count(r["method"]) > 1:
                 name += f"_s{r['seed']}"
             written.append(_heatmap(plt, r, out / f"{name}.png"))
-        written.append(_task_accuracy(plt, bench, runs, out / f"task_accuracy_{_safe(bench)}.png"))
-        written.append(_params(plt, bench, runs, out / f"params_{_safe(bench)}.png"))
+        written.append(_task_accuracy(plt, bench, runs, out / f"task_accuracy_{safe_name(bench)}.png"))
+        written.append(_params(plt, bench, runs, out / f"params_{safe_name(bench)}.png"))
     return written
 
 

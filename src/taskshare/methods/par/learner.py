@@ -10,7 +10,7 @@ linear head per task. For each new task t (official code WenjinW/PAR@5539e08, ``
    three tiers (0.5 / 0.75): reuse e*, allocate a new expert with e*'s genotype, allocate with search.
    Task 0 always searches. Every task's decision is appended to ``decisions`` (for results.json):
    ``{task, index, action, expert, closest, scores, relatedness, reuse, reuse_from, unit, unit_from,
-   genotype_from, search_s, ..., added_params, added_buffers}`` (``action`` is always the routing tier;
+   genotype_from, ..., added_params, added_buffers}`` (search wall times: ``timing.par_search_s``) (``action`` is always the routing tier;
    ``unit`` says what was allocated: ``expert``, ``patch``/``taps`` (below), None for a reuse;
    ``added_*`` are written at the task's end).
 3. **Regularized reuse** of e*: if N_t < 0.5 · N_max(e*) (the largest training set on e*), only the new
@@ -112,8 +112,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from taskshare.core import TaskTensors, save_task
-from taskshare.core.artifacts import artifact_paths, read_sidecar
-from taskshare.core.serialize import load_tensors
+from taskshare.core.artifacts import artifact_paths, read_artifact
 from taskshare.data.datasets import stratified_order
 from taskshare.errors import ArtifactError, ConfigError, TaskshareError
 from taskshare.methods.base import Learner, make_optimizer, task_seed, train_mode
@@ -232,6 +231,7 @@ class PAR(Learner):
         self.prototypes: dict[str, torch.Tensor] = {}         # extractor-space class means per learned task
         self.expert_prototypes: dict[str, torch.Tensor] = {}  # extractor="expert": in the task's expert space
         self.decisions: list[dict[str, Any]] = []
+        self.search_seconds: dict[str, float] = {}  # wall time of each task's search: results.json "timing" only
         self.current: str | None = None
         self._mode: str | None = None
         self.teacher: Expert | None = None
@@ -287,7 +287,7 @@ class PAR(Learner):
                layout: str = "expert") -> tuple[ExpertNet, TaskTensors]:
         o = self.options
         net = build_expert(genotype, in_channels, o.channels, o.cells, o.stem_multiplier, seed)
-        net = net.to(self.device, memory_format=torch.channels_last)  # faster depthwise convolutions on CPU
+        net = net.to(self.device)  # contiguous format: channels_last crashes oneDNN on AVX2 (docs/known-issues.md)
         if layout == "taps":
             gate(net)
         return net, TaskTensors(net, layout_slots(net, layout, o.bn == "task"))
@@ -328,7 +328,7 @@ class PAR(Learner):
         def fn(x: torch.Tensor) -> torch.Tensor:
             train_mode(expert.net, False)
             with expert.tt.use(task):
-                return expert.net.features(x.contiguous(memory_format=torch.channels_last))
+                return expert.net.features(x)
         return fn
 
     def _relatedness(self, task) -> tuple[dict[str, float], dict[str, float], str]:
@@ -372,7 +372,7 @@ class PAR(Learner):
             "task": task.name, "index": index, "action": action, "expert": None, "closest": closest,
             "scores": scores, "relatedness": rel, "divergence": div, "n_train": n_train, "reuse": None,
             "reuse_from": None, "unit": None, "unit_from": None,
-            "genotype_from": None, "genotype": None, "search_s": None, "search_acc": None,
+            "genotype_from": None, "genotype": None, "search_acc": None,
             "extractor": self.extractor_name, "relatedness_split": split}
         if action == "reuse":
             expert = self.experts[closest]
@@ -418,9 +418,9 @@ class PAR(Learner):
                                 seed=task_seed(self.cfg.seed, index, salt=13), channels=o.channels,
                                 n_cells=o.cells, steps=o.steps, batch_size=self.cfg.batch_size, lr=self.cfg.lr,
                                 momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay,
-                                lr_p=o.search_lr_p, device=self.device)
+                                lr_p=o.search_lr_p, device=self.device, desc=f"PAR search, task {task.name}")
                 genotype = result.genotype
-                record["search_s"] = round(result.seconds, 3)
+                self.search_seconds[task.name] = round(result.seconds, 3)
                 record["search_acc"] = result.accuracies
             in_channels = int(task.input_shape[0])
             net, tt = self._build(genotype, in_channels, task_seed(self.cfg.seed, index, salt=11))
@@ -486,7 +486,6 @@ class PAR(Learner):
         return penalty(torch.stack(self._scores), self._sizes, o.taps_lambda, o.taps_penalty)
 
     def observe(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous(memory_format=torch.channels_last)
         expert = self.expert_of(self.current)
         mode = self._mode
         net = expert.net
@@ -590,7 +589,7 @@ class PAR(Learner):
         expert = self.expert_of(task)
         train_mode(expert.net, False)
         with expert.tt.use(task), self.autocast():
-            return expert.net(x.contiguous(memory_format=torch.channels_last)).float()
+            return expert.net(x).float()
 
     def count(self, task: str) -> dict[str, int]:
         """Parameters and buffers `task` added (the runner reads the same through ``tt.count``)."""
@@ -614,7 +613,9 @@ class PAR(Learner):
         return existing
 
     def extra_results(self) -> dict[str, Any]:
-        return {"decisions": [dict(d) for d in self.decisions]}
+        """Per-task `decisions`, and the searches' wall times under `timing` (they vary run to run)."""
+        return {"decisions": [dict(d) for d in self.decisions],
+                "timing": {"par_search_s": dict(self.search_seconds)}}
 
     def state_dict(self) -> dict[str, Any]:
         return {"experts": [self._expert_state(e) for e in self.experts],
@@ -623,7 +624,8 @@ class PAR(Learner):
                 "decisions": [dict(d) for d in self.decisions], "current": self.current,
                 "teacher": None if self.teacher is None else self._expert_state(self.teacher),
                 "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
-                "extractor_name": self.extractor_name, "seen": self._seen}
+                "extractor_name": self.extractor_name, "seen": self._seen,
+                "search_seconds": dict(self.search_seconds)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         old = self.experts
@@ -633,6 +635,7 @@ class PAR(Learner):
         self.prototypes = dict(state["prototypes"])
         self.expert_prototypes = dict(state["expert_prototypes"])
         self.decisions = [dict(d) for d in state["decisions"]]
+        self.search_seconds = {k: float(v) for k, v in state.get("search_seconds", {}).items()}
         self.current = state["current"]
         self._seen = int(state.get("seen", 0))
         if state["extractor_name"] is not None and self.extractor_name is None:
@@ -677,19 +680,12 @@ class PAR(Learner):
         learner's exactly. Every mismatch is a one-line ArtifactError.
         """
         st_path, _ = artifact_paths(path)
-        side = read_sidecar(path)
-        meta = side.get("meta", {})
+        side, tensors = read_artifact(path)  # the two files agree, checksum included
+        meta, expected = side["meta"], side["tensors"]
         info = meta.get("par")
-        if meta.get("method") != self.name or not isinstance(info, dict):
-            raise ArtifactError(f"{st_path.name} is not a PAR task artifact (method {meta.get('method')!r}): "
+        if side["method"] != self.name or not isinstance(info, dict):
+            raise ArtifactError(f"{st_path.name} is not a PAR task artifact (method {side['method']!r}): "
                                 "load it with the method that saved it")
-        tensors, header = load_tensors(st_path, "artifact")
-        if header.get("base_fingerprint") != side["base_fingerprint"]:
-            raise ArtifactError(f"{st_path.name} and its .json belong to different saves: "
-                                "copy both files of one artifact together")
-        expected = side["tensors"]
-        if set(tensors) != set(expected) or any(list(tensors[n].shape) != e["shape"] for n, e in expected.items()):
-            raise ArtifactError(f"artifact {st_path} is corrupted: its tensors do not match its .json")
         name, o = side["task"], self.options
         if name in self.task_expert:
             raise ArtifactError(f"task {name!r} is already in this PAR learner: load each artifact once")

@@ -52,6 +52,7 @@ from typing import Any
 
 import torch
 
+from taskshare import progress
 from taskshare.errors import ConfigError, DataError, TaskshareError
 
 Extractor = Callable[[torch.Tensor], torch.Tensor]
@@ -173,10 +174,12 @@ def extract_features(extractor: Extractor, dataset, batch_size: int = 512,
                      device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """(features (N, d) float32 on CPU, labels (N,)) of a TensorDataset, in batches."""
     feats, labels = [], []
-    for x, y in dataset.batches(batch_size, shuffle=False):
-        with torch.inference_mode():
-            feats.append(extractor(x.to(device)).float().flatten(1).cpu())
-        labels.append(y)
+    with progress.bar(-(-len(dataset) // batch_size), "relatedness features") as bar:
+        for x, y in dataset.batches(batch_size, shuffle=False):
+            with torch.inference_mode():
+                feats.append(extractor(x.to(device)).float().flatten(1).cpu())
+            labels.append(y)
+            bar.update(1)
     if not feats:
         raise DataError("relatedness needs samples: the split is empty")
     return torch.cat(feats), torch.cat(labels)

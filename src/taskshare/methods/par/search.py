@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from taskshare import progress
 from taskshare.methods.par.expert import (CELL_TYPES, PRIMITIVES, FactorizedReduce, Genotype, ReLUConvBN, make_op,
                                           reduction_cells)
 
@@ -168,7 +169,7 @@ def _epoch(net, x, y, batch_size, gen, ops, opt, device) -> None:
     order = torch.randperm(len(y), generator=gen)
     for start in range(0, len(y), batch_size):
         idx = order[start:start + batch_size]
-        xb = x[idx].to(device).contiguous(memory_format=torch.channels_last)
+        xb = x[idx].to(device)
         loss = F.cross_entropy(net(xb, ops), y[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -181,7 +182,7 @@ def _accuracy(net, x, y, batch_size, ops, device) -> float:
     net.eval()
     correct = 0
     for start in range(0, len(y), batch_size):
-        logits = net(x[start:start + batch_size].to(device).contiguous(memory_format=torch.channels_last), ops)
+        logits = net(x[start:start + batch_size].to(device), ops)
         correct += int((logits.argmax(1).cpu() == y[start:start + batch_size]).sum())
     return correct / max(len(y), 1)
 
@@ -189,10 +190,11 @@ def _accuracy(net, x, y, batch_size, ops, device) -> float:
 def search(x: torch.Tensor, y: torch.Tensor, num_classes: int, *, epochs: int, seed: int, channels: int = 16,
            n_cells: int = 4, steps: int = 4, batch_size: int = 64, lr: float = 0.01, momentum: float = 0.9,
            weight_decay: float = 0.0, lr_p: float = 0.01, split: float = 0.5,
-           device: torch.device | str = "cpu") -> SearchResult:
+           device: torch.device | str = "cpu", desc: str = "PAR search") -> SearchResult:
     """MdeNAS search on the (already transformed) training set `x`, `y`; returns the derived genotype.
 
-    ``epochs`` = 0 returns the genotype of the uniform distribution without training (no search).
+    ``epochs`` = 0 returns the genotype of the uniform distribution without training (no search). A progress
+    bar (`desc`, one step per sampled architecture) shows the held-out accuracy unless progress is quiet.
     """
     start_time = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
@@ -206,21 +208,24 @@ def search(x: torch.Tensor, y: torch.Tensor, num_classes: int, *, epochs: int, s
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = SuperNet(x.shape[1], channels, num_classes, n_cells, steps)
-        net = net.to(device, memory_format=torch.channels_last)  # faster depthwise convolutions on CPU
+        net = net.to(device)  # contiguous format: channels_last crashes oneDNN on AVX2 (docs/known-issues.md)
         opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs, eta_min=LR_MIN)
         counts = {k: torch.zeros_like(p[k], dtype=torch.long) for k in CELL_TYPES}
         accs = {k: torch.zeros_like(p[k]) for k in CELL_TYPES}
         rows = torch.arange(n_edges(steps))
-        for _ in range(epochs):
-            picked = {k: torch.multinomial(p[k], 1, generator=gen).flatten() for k in CELL_TYPES}
-            ops = {k: v.tolist() for k, v in picked.items()}
-            _epoch(net, x_tr, y_tr, batch_size, gen, ops, opt, device)
-            a = _accuracy(net, x_va, y_va, max(batch_size, 256), ops, device)
-            accs_seen.append(a)
-            for k in CELL_TYPES:
-                counts[k][rows, picked[k]] += 1
-                accs[k][rows, picked[k]] = a
-                p[k] = update(p[k], counts[k], accs[k], lr_p)
-            sched.step()
+        with progress.bar(epochs, desc, unit="sample") as bar:
+            for _ in range(epochs):
+                picked = {k: torch.multinomial(p[k], 1, generator=gen).flatten() for k in CELL_TYPES}
+                ops = {k: v.tolist() for k, v in picked.items()}
+                _epoch(net, x_tr, y_tr, batch_size, gen, ops, opt, device)
+                a = _accuracy(net, x_va, y_va, max(batch_size, 256), ops, device)
+                accs_seen.append(a)
+                for k in CELL_TYPES:
+                    counts[k][rows, picked[k]] += 1
+                    accs[k][rows, picked[k]] = a
+                    p[k] = update(p[k], counts[k], accs[k], lr_p)
+                sched.step()
+                bar.update(1)
+                bar.set_postfix_str(f"held-out acc {a:.3f}")
     return SearchResult(derive_genotype(p, steps), time.perf_counter() - start_time, len(accs_seen), accs_seen, p)
