@@ -135,9 +135,10 @@ def _ckpt(**kw):
 @pytest.mark.parametrize("kw,words", [
     ({"task": -3}, "task=-3"), ({"task": 4}, "task=4"), ({"task": "1"}, "task='1'"),
     ({"epoch": 5}, "epoch=5"), ({"rows": []}, "rows"), ({"rows": [[2.0, None, None]]}, "rows"),
-    ({"rng": torch.zeros(3)}, "RNG"), ({"rng": torch.get_rng_state()[:10]}, "RNG"), ({"elapsed": -1.0}, "elapsed"),
+    ({"rng": torch.zeros(3)}, "RNG"), ({"rng": torch.zeros(10, dtype=torch.uint8)}, "RNG"), ({"elapsed": -1.0}, "elapsed"),
     ({"elapsed": float("nan")}, "elapsed"), ({"learner": [1]}, "learner"),
-], ids=lambda v: str(v)[:30])
+], ids=["task-negative", "task-too-big", "task-a-string", "epoch-too-big", "rows-missing", "accuracy-above-1",
+        "rng-float", "rng-short", "elapsed-negative", "elapsed-nan", "learner-a-list"])
 def test_lifelong_checkpoint_fields_are_checked(kw, words):
     with pytest.raises(ArtifactError) as err:
         check_lifelong(_ckpt(**kw), "ck", IDENT, n_tasks=3, epochs=2, offline=False)
