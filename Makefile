@@ -38,7 +38,7 @@ test: setup
 	$(AVX2) TASKSHARE_TEST_THREADS=2 OMP_NUM_THREADS=2 $(PY) -m pytest -n 0 -p no:cacheprovider $(PORTABLE)
 
 bench: setup
-	$(PY) benchmarks/overhead.py
+	$(PY) perf/overhead.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -13,7 +13,7 @@ import argparse
 import torch
 
 from taskshare.data import build_benchmark
-from taskshare.engine.config import RunConfig, check_options
+from taskshare.config import RunConfig, check_options
 from taskshare.engine.loop import NonFiniteGuard, train_epoch
 from taskshare.methods import METHODS
 

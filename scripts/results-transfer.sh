@@ -66,7 +66,7 @@ from pathlib import Path
 import torch
 from taskshare.core.artifacts import read_sidecar
 from taskshare.core.serialize import load_tensors
-from taskshare.engine.config import RunConfig, check_options
+from taskshare.config import RunConfig, check_options
 from taskshare.methods.taps import Taps, import_task
 from taskshare.methods.taps_report import format_summary, plot_layers, summary
 

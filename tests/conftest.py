@@ -14,7 +14,7 @@ torch.set_num_threads(THREADS)
 
 from taskshare import progress  # noqa: E402
 from taskshare.data import Stream, Task, TensorDataset  # noqa: E402
-from taskshare.engine.config import RunConfig  # noqa: E402
+from taskshare.config import RunConfig  # noqa: E402
 
 progress.set_quiet(True)  # library progress bars off in tests (the CLI sets it from --quiet)
 

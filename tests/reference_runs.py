@@ -68,8 +68,8 @@ def _artifacts(run_dir: Path) -> dict[str, dict]:
 
 def lifelong_run(run_id: str, out: Path) -> dict:
     from conftest import make_stream
-    from taskshare.engine.config import RunConfig
-    from taskshare.engine.runner import run_method
+    from taskshare.config import RunConfig
+    from taskshare.engine.lifelong import run_method
 
     method, opts = LIFELONG[run_id]
     cfg = RunConfig(epochs=2, batch_size=16, lr=0.05, model="mlp", checkpoint_minutes=1e9, seed=0,
@@ -79,8 +79,8 @@ def lifelong_run(run_id: str, out: Path) -> dict:
 
 
 def multi_output_run(method: str, out: Path) -> dict:
-    from taskshare.engine.config import RunConfig
-    from taskshare.multitask.runner import run_multitask
+    from taskshare.config import RunConfig
+    from taskshare.engine.multioutput import run_multitask
 
     cfg = RunConfig(epochs=2, batch_size=64, lr=0.01, model="auto", checkpoint_minutes=1e9, seed=0, limit=256)
     res = run_multitask("synthetic-imbalanced", method, cfg, out)

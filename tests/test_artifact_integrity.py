@@ -82,6 +82,18 @@ CASES = [  # (id, damage(d), words in the message)
     ("sidecar-is-a-folder", lambda d: ((d / "a.json").unlink(), (d / "a.json").mkdir()), "folder"),
     ("tensor-file-missing", lambda d: (d / "a.safetensors").unlink(), "not found"),
     ("tensor-file-garbage", lambda d: (d / "a.safetensors").write_bytes(b"\x08" + b"\x00" * 15), "corrupted"),
+    ("tensor-file-is-a-folder", lambda d: ((d / "a.safetensors").unlink(), (d / "a.safetensors").mkdir()), "folder"),
+    ("tensor-file-not-taskshare", lambda d: save_tensors(d / "a.safetensors", load_tensors(d / "a.safetensors")[0]),
+     "format"),
+    ("meta-edited", lambda d: _sidecar(d, lambda s: s["meta"].update(method="other")), "edited after the save"),
+    ("trainable-flipped", lambda d: _sidecar(d, lambda s: s["tensors"]["3.bias"].update(trainable=False)),
+     "edited after the save"),
+    ("omitted-added", lambda d: _sidecar(d, lambda s: s["omitted"].append("1.bias")), "both saved and omitted"),
+    ("kind-unknown", lambda d: _sidecar(d, lambda s: s["tensors"]["3.bias"].update(kind="weights")), "kind"),
+    ("buffer-trainable", lambda d: _sidecar(d, lambda s: s["tensors"]["1.running_mean"].update(trainable=True)),
+     "trainable"),
+    ("meta-a-list", lambda d: _sidecar(d, lambda s: s.update(meta=[])), "meta"),
+    ("method-a-number", lambda d: _sidecar(d, lambda s: s.update(method=3)), "method"),
 ]
 
 
@@ -110,6 +122,49 @@ def test_intact_artifact_loads_and_checksums_cover_name_dtype_shape_bytes(saved)
     t = {"x": torch.zeros(2)}
     assert len({content_sha256(t), content_sha256({"y": torch.zeros(2)}), content_sha256({"x": torch.zeros(2, 1)}),
                 content_sha256({"x": torch.zeros(2, dtype=torch.float64)}), content_sha256({"x": torch.ones(2)})}) == 5
+
+
+def test_a_reformatted_sidecar_still_loads(saved):
+    """The sidecar's digest is over its canonical JSON: indentation and key order do not count."""
+    _, d = saved
+    side = json.loads((d / "a.json").read_text())
+    (d / "a.json").write_text(json.dumps(dict(reversed(list(side.items())))))
+    fresh = _tt()
+    fresh.remove_task("a")
+    assert load_task(fresh, d / "a") == "a"
+
+
+def test_meta_that_is_not_json_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(TypeError, match="JSON"):
+        save_task(_tt(), "a", tmp_path / "a", meta={"method": "test", "x": object()})
+    assert list(tmp_path.iterdir()) == []
+
+
+_BYTES_SCRIPT = """
+import hashlib, sys, torch
+from taskshare.core.serialize import tensors_to_bytes
+t = {"w": torch.arange(12.).reshape(3, 4), "b": torch.ones(3, dtype=torch.int64), "h": torch.zeros(2, dtype=torch.bfloat16)}
+meta = {k: k * 3 for k in ("task", "method", "format", "sha256", "base_fingerprint", "zeta", "alpha", "skeleton")}
+sys.stdout.write(tensors_to_bytes(t, meta).hex())
+"""
+
+
+def test_safetensors_bytes_are_the_same_in_separate_processes():
+    """safetensors writes __metadata__ in hash-map order (random per process); tensors_to_bytes does not."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load
+    outs = {subprocess.run([sys.executable, "-c", _BYTES_SCRIPT], capture_output=True, text=True, check=True,
+                           timeout=120).stdout for _ in range(3)}
+    assert len(outs) == 1
+    data = bytes.fromhex(outs.pop())
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    assert n % 8 == 0 and list(header) == sorted(header) and list(header["__metadata__"]) == sorted(
+        header["__metadata__"])
+    back = load(data)
+    assert torch.equal(back["w"], torch.arange(12.).reshape(3, 4)) and back["h"].dtype == torch.bfloat16
 
 
 def test_safetensors_bytes_do_not_depend_on_metadata_order():
@@ -174,6 +229,55 @@ def test_a_state_that_does_not_fit_is_one_line():
         with restoring("ck"):
             net.load_state_dict({"weight": torch.zeros(3, 3), "bias": torch.zeros(2)})
     assert "does not fit" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kw,words", [
+    ({"task": 1}, "task=1"), ({"epoch": 0}, "epoch=0"), ({"rows": [[0.5, None, None]]}, "rows"),
+], ids=["offline-task-1", "offline-epoch-0", "offline-with-rows"])
+def test_offline_checkpoint_is_only_mid_run(kw, words):
+    """An offline learner (joint) checkpoints only at task 0 inside its single training phase, with no rows."""
+    with pytest.raises(ArtifactError, match=words):
+        check_lifelong(_ckpt(**{"task": 0, "epoch": 1, "rows": [], **kw}), "ck", IDENT, n_tasks=3, epochs=2,
+                       offline=True)
+
+
+def test_no_epoch_after_the_last_task():
+    rows = [[0.5, None, None], [0.5, 0.5, None], [0.5, 0.5, 0.5]]
+    assert check_lifelong(_ckpt(task=3, epoch=0, rows=rows), "ck", IDENT, n_tasks=3, epochs=2, offline=False)
+    with pytest.raises(ArtifactError, match="after the last task"):
+        check_lifelong(_ckpt(task=3, epoch=1, rows=rows), "ck", IDENT, n_tasks=3, epochs=2, offline=False)
+
+
+@pytest.mark.parametrize("skeleton", ['{"__dict__": 5}', '{"__tensor__": [1]}', '{"__dict__": {"i:x": 1}}',
+                                      '{"__tensor__": "nope"}', "[" * 5000 + "]" * 5000, "{oops"],
+                         ids=["dict-not-a-mapping", "tensor-ref-a-list", "int-key-not-int", "tensor-ref-unknown",
+                              "nested-too-deep", "not-json"])
+def test_a_damaged_state_skeleton_is_one_line(skeleton, tmp_path):
+    from taskshare.core.serialize import load_state
+    save_tensors(tmp_path / "ck.safetensors", {"a": torch.ones(1)}, {"skeleton": skeleton})
+    with pytest.raises(ArtifactError, match="skeleton") as err:
+        load_state(tmp_path / "ck.safetensors")
+    assert "\n" not in str(err.value)
+
+
+def test_a_checkpoint_that_is_a_folder_or_unreadable_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    from taskshare.core.serialize import load_state, read_json
+    (tmp_path / "ck.safetensors").mkdir()
+    (tmp_path / "r.json").mkdir()
+    with pytest.raises(ArtifactError, match="is a folder"):
+        load_state(tmp_path / "ck.safetensors")
+    with pytest.raises(ArtifactError, match="is a folder"):
+        read_json(tmp_path / "r.json", "results")
+
+    def denied(self):  # as for a file without read permission (chmod does not stop root)
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    for load in (load_state, read_json):
+        with pytest.raises(ArtifactError, match="cannot be read .Permission denied.") as err:
+            load(tmp_path / "x")
+        assert "\n" not in str(err.value)
 
 
 # ------------------------------------------------------------------------------ output folders, orphans

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from taskshare.cli import main
-from taskshare.engine.config import build_config, load_file, parse_set
+from taskshare.config import build_config, load_file, parse_set
 from taskshare.errors import ConfigError
 from taskshare.methods import method_options
 

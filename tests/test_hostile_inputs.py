@@ -33,7 +33,7 @@ class Stop(Exception):
 def made(tmp_path_factory) -> Path:
     """done/: a finished finetune run; part/: the same run stopped after its first checkpoint."""
     from taskshare.data import build_benchmark
-    from taskshare.engine.runner import run_method
+    from taskshare.engine.lifelong import run_method
 
     root = tmp_path_factory.mktemp("hostile")
     assert cli.main([*RUN, "--out", str(root / "done")]) == 0

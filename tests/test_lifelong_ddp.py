@@ -21,8 +21,8 @@ from conftest import spawn_workers
 
 from taskshare.core.serialize import load_tensors
 from taskshare.engine import distributed as ddp
-from taskshare.engine.config import RunConfig
-from taskshare.engine.runner import CHECKPOINT, run_method
+from taskshare.config import RunConfig
+from taskshare.engine.lifelong import CHECKPOINT, run_method
 from taskshare.errors import ConfigError
 
 WORLD = 2

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from taskshare.errors import ConfigError
-from taskshare.multitask.adatask import AdaTaskAdagrad, AdaTaskAdam, AdaTaskRMSprop, make_adatask
-from taskshare.multitask.aggregators import pcgrad_project
-from taskshare.multitask.gradients import per_task_gradients
+from taskshare.methods.multioutput.adatask import AdaTaskAdagrad, AdaTaskAdam, AdaTaskRMSprop, make_adatask
+from taskshare.methods.multioutput.aggregators import pcgrad_project
+from taskshare.methods.multioutput.gradients import per_task_gradients
 
 
 def _net(K: int, seed: int = 0):

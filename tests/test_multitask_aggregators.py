@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from taskshare.errors import ConfigError
-from taskshare.multitask.aggregators import (
+from taskshare.methods.multioutput.aggregators import (
     AGGREGATORS, cagrad, cagrad_weights, ew, mean, mgda, mgda_ub_weights, mgda_weights, min_norm_2, pcgrad,
     pcgrad_project,
 )

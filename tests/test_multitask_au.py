@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from taskshare.errors import ConfigError
-from taskshare.multitask import AdaTaskAdam, AURecorder, MultiOutputNet, MultiTaskTrainer, plot_au
+from taskshare.methods.multioutput import AdaTaskAdam, AURecorder, MultiOutputNet, MultiTaskTrainer, plot_au
 
 
 def T(x):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from taskshare.errors import ConfigError, DataError
-from taskshare.multitask import benchmarks as B
-from taskshare.multitask.runner import build_model
+from taskshare.data import multioutput as B
+from taskshare.engine.multioutput import build_model
 
 
 def _has(pkg: str) -> bool:

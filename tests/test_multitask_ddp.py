@@ -16,8 +16,8 @@ from conftest import spawn_workers
 
 from taskshare.core.serialize import load_tensors, save_tensors
 from taskshare.engine import distributed as ddp
-from taskshare.engine.config import RunConfig
-from taskshare.multitask import METHODS, MultiOutputNet, MultiTaskTrainer
+from taskshare.config import RunConfig
+from taskshare.methods.multioutput import METHODS, MultiOutputNet, MultiTaskTrainer
 
 WORLD = 2
 TASKS = ("a", "b", "c")
@@ -87,7 +87,7 @@ def _worker(rank: int, init_file: str, out: str) -> None:
         params = _lifelong_style(rank, WORLD)
         if rank == 0:
             save_tensors(Path(out) / "lifelong.safetensors", params)
-        from taskshare.multitask.runner import run_multitask
+        from taskshare.engine.multioutput import run_multitask
 
         run_multitask("synthetic-imbalanced", "pcgrad", RunConfig(**RUNNER_CFG), Path(out) / "runs")
     finally:
@@ -123,7 +123,7 @@ def test_optimizer_hook_for_learners_that_step_themselves(ddp_out):
 
 
 def test_runner_under_two_ranks_matches_one_process(ddp_out, tmp_path):
-    from taskshare.multitask.runner import run_multitask
+    from taskshare.engine.multioutput import run_multitask
 
     two = json.loads((ddp_out / "runs" / "pcgrad" / "results.json").read_text())
     one = run_multitask("synthetic-imbalanced", "pcgrad", RunConfig(**RUNNER_CFG), tmp_path)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from taskshare.errors import ConfigError
-from taskshare.multitask.gradients import (
+from taskshare.methods.multioutput.gradients import (
     FlatLayout, choose_mode, flatten, graph_has_conv_or_bn, per_task_gradients, reach_mask, write_grads,
 )
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from taskshare.core.serialize import atomic_write_json, load_tensors
-from taskshare.engine.config import RunConfig
+from taskshare.config import RunConfig
 from taskshare.errors import ConfigError
-from taskshare.multitask import benchmarks as B
-from taskshare.multitask.runner import _identity, main, method_options, multitask_table, run_multitask
+from taskshare.data import multioutput as B
+from taskshare.cli import main as cli_main
+from taskshare.engine.multioutput import _identity, method_options, multitask_table, run_multitask
 from taskshare.results.metrics import delta_m
 from taskshare.results.report import find_results
 
@@ -178,13 +179,13 @@ def test_bad_options_are_one_line_config_errors(tmp_path):
 def test_cli_entry_point(tmp_path, capsys):
     sets = ["--set", "optimizer=adam", "--set", "lr=0.01", "--set", "batch_size=32"]
     sets += [x for k, v in TINY.items() for x in ("--set", f"benchmark.{k}={json.dumps(v)}")]
-    rc = main(["synthetic-imbalanced", "--method", "ew,adatask", "--set", "adatask.variant=adagrad",
+    rc = cli_main(["run", "synthetic-imbalanced", "--method", "ew,adatask", "--set", "adatask.variant=adagrad",
                "--epochs", "1", "--out", str(tmp_path), "--quiet", *sets])
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert "adatask" in out.out and "Δm (%)" in out.out
     r = json.loads((tmp_path / "adatask" / "results.json").read_text())
     assert r["optimizer"] == "adatask-adagrad" and r["config"]["epochs"] == 1
-    rc = main(["synthetic-imbalanced", "--method", "ew", "--set", "ew.wat=1", "--out", str(tmp_path), "--quiet"])
+    rc = cli_main(["run", "synthetic-imbalanced", "--method", "ew", "--set", "ew.wat=1", "--out", str(tmp_path), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "ew.wat" in err

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from taskshare.errors import ConfigError
-from taskshare.multitask import MultiOutputNet, detect_sharing
+from taskshare.methods.multioutput import MultiOutputNet, detect_sharing
 
 
 class Head(nn.Module):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from taskshare.errors import ConfigError
-from taskshare.multitask import (
+from taskshare.methods.multioutput import (
     METHOD_OPTIONS, METHODS, AdaTaskAdam, MultiOutputNet, MultiTaskTrainer, detect_sharing, mgda_ub_weights,
     pcgrad, per_task_gradients,
 )

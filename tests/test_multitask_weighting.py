@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from taskshare.errors import ConfigError
-from taskshare.multitask.weighting import DWA, GradNorm, UncertaintyWeighting, dwa_weights, gradnorm_weight_grad
+from taskshare.methods.multioutput.weighting import DWA, GradNorm, UncertaintyWeighting, dwa_weights, gradnorm_weight_grad
 
 
 def T(x):

@@ -67,7 +67,7 @@ def test_ctrl_c_during_the_search_stops_it(monkeypatch):
     import importlib
 
     from conftest import gauss_task
-    from taskshare.engine.config import RunConfig
+    from taskshare.config import RunConfig
     from taskshare.methods.par import PAR
 
     search_module = importlib.import_module("taskshare.methods.par.search")

@@ -12,8 +12,8 @@ from conftest import gauss_task, train_task
 
 from taskshare.core.serialize import load_state
 from taskshare.data import Stream, Task
-from taskshare.engine.config import RunConfig, check_options
-from taskshare.engine.runner import run_method
+from taskshare.config import RunConfig, check_options
+from taskshare.engine.lifelong import run_method
 from taskshare.errors import ArtifactError, ConfigError
 from taskshare.methods import METHODS
 from taskshare.methods.par import PAR, Options

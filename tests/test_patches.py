@@ -12,7 +12,7 @@ from torch import nn
 from taskshare.core import TaskTensors, load_task
 from taskshare.core.artifacts import read_sidecar
 from taskshare.data import Stream
-from taskshare.engine.config import RunConfig
+from taskshare.config import RunConfig
 from taskshare.errors import ArtifactError, ConfigError, TaskshareError
 from taskshare.methods.patches import (
     NAMED_PATCHES, Patches, PatchesMultiTask, PatchesOptions, bn_stat_slots, count_patch, inspect_backbone,
@@ -333,7 +333,7 @@ def test_multi_task_keeps_bn_statistics_per_task_for_every_kind():
 
 # ------------------------------------------------------------------------------------ through the runner
 def test_runner_gives_zero_forgetting_and_per_task_artifacts(tmp_path, monkeypatch):
-    from taskshare.engine import runner
+    from taskshare.engine import lifelong as runner
 
     methods = {**patch_methods(), "patches": Patches}
     for name, cls in methods.items():

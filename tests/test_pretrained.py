@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from taskshare.core import TaskTensors
-from taskshare.engine.config import RunConfig
+from taskshare.config import RunConfig
 from taskshare.errors import ArtifactError, ConfigError
 from taskshare.methods.patches import Patches, PatchesOptions, count_patch, inspect_backbone, mixed_forward, patch_slots
 from taskshare.models import TaskNet

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from taskshare.core.serialize import load_state, load_tensors
-from taskshare.engine.runner import CHECKPOINT, run_method
+from taskshare.engine.lifelong import CHECKPOINT, run_method
 from taskshare.errors import ConfigError, TrainingError
 from taskshare.methods import METHODS, PATCH_ALIASES
 

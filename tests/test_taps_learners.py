@@ -11,8 +11,8 @@ from conftest import make_stream, train_task
 
 from taskshare.core.serialize import load_tensors
 from taskshare.data import Stream
-from taskshare.engine.config import check_options
-from taskshare.engine.runner import run_method
+from taskshare.config import check_options
+from taskshare.engine.lifelong import run_method
 from taskshare.errors import ConfigError
 from taskshare.methods import METHODS
 from taskshare.methods.taps import (

@@ -100,7 +100,7 @@ def test_backbone_choice_by_input_shape():
 
 @needs_text
 def test_learners_pick_minilm_for_text():
-    from taskshare.engine.config import RunConfig
+    from taskshare.config import RunConfig
     from taskshare.methods.patches import Patches
     from taskshare.methods.taps import Taps, TapsOptions
     from taskshare.models.minilm import MiniLM

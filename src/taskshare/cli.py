@@ -76,9 +76,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args):
-    from taskshare.engine.config import build_config, load_file, merge, parse_set
+    from taskshare.config import build_config, load_file, merge, parse_set
     from taskshare.methods import method_options
-    from taskshare.multitask.runner import multitask_method_options
+    from taskshare.engine.multioutput import multitask_method_options
 
     raw = load_file(args.config) if args.config else {}
     raw = merge(raw, parse_set(args.sets))
@@ -96,11 +96,11 @@ def cmd_run(args) -> int:
 
     from taskshare.data import build_benchmark
     from taskshare.engine import distributed
-    from taskshare.engine.runner import run_method
+    from taskshare.engine.lifelong import run_method
     from taskshare.methods import METHODS
     from taskshare.results.report import comparison_table, report
 
-    from taskshare.multitask.benchmarks import MULTITASK_BENCHMARKS
+    from taskshare.data.multioutput import MULTITASK_BENCHMARKS
 
     benchmark = args.benchmark or DEFAULT_BENCHMARK
     if benchmark in MULTITASK_BENCHMARKS:
@@ -151,8 +151,8 @@ def _methods(text: str | None, default: tuple[str, ...], known, kind: str) -> li
 def _setting_hint(method: str) -> str:
     """' (a multi-output method: ...)' when `method` exists in the other setting."""
     from taskshare.methods import METHODS
-    from taskshare.multitask.benchmarks import MULTITASK_BENCHMARKS
-    from taskshare.multitask.runner import MULTITASK_METHODS
+    from taskshare.data.multioutput import MULTITASK_BENCHMARKS
+    from taskshare.engine.multioutput import MULTITASK_METHODS
 
     if method in MULTITASK_METHODS and method not in METHODS:
         return f" here (it is a multi-output method: run it on {', '.join(MULTITASK_BENCHMARKS)})"
@@ -183,7 +183,7 @@ DEFAULT_MULTITASK_METHODS = ("stl", "ew", "adatask")
 def _run_multitask(args, benchmark: str) -> int:
     """One input, several outputs: AdaTask and the weighting baselines (works under torchrun too)."""
     from taskshare.engine import distributed
-    from taskshare.multitask.runner import MULTITASK_METHODS, multitask_table, run_multitask
+    from taskshare.engine.multioutput import MULTITASK_METHODS, multitask_table, run_multitask
 
     methods = _methods(args.method, DEFAULT_MULTITASK_METHODS, MULTITASK_METHODS, "multi-task ")
     cfg = _config(args)
@@ -207,8 +207,8 @@ def cmd_list(args) -> int:
     print("methods (--method):")
     for name, cls in METHODS.items():
         print(f"  {name:<22} {cls.description}")
-    from taskshare.multitask.benchmarks import MULTITASK_BENCHMARKS
-    from taskshare.multitask.runner import MULTITASK_METHODS
+    from taskshare.data.multioutput import MULTITASK_BENCHMARKS
+    from taskshare.engine.multioutput import MULTITASK_METHODS
 
     print("multi-task benchmarks (one input, several outputs):")
     for name, spec in MULTITASK_BENCHMARKS.items():
@@ -230,7 +230,7 @@ def cmd_inspect(args) -> int:
 
 def cmd_relatedness(args) -> int:
     from taskshare.data import build_benchmark
-    from taskshare.engine.config import parse_set
+    from taskshare.config import parse_set
     from taskshare.engine.outdir import default_out, prepare_out
     from taskshare.methods.par.relatedness import relatedness_report
 

@@ -3,10 +3,11 @@
 The JSON records the format version, the task name and method, every saved tensor's shape/dtype/kind, the
 slots that were left out because they equal the base (``omitted``; e.g. TAPS's inactive deltas), free-form
 method metadata, the fingerprint of the base network's shared tensors and a sha256 of the task's tensors
-(names, dtypes, shapes, bytes). Task, method, fingerprint and checksum are stored in the safetensors header
-too, so a sidecar that does not belong to its tensor file, an edited sidecar, a tensor of another dtype or
-shape, or modified bytes are each a one-line ArtifactError (`read_artifact`). Loading onto a different
-base network is an error that says so.
+(names, dtypes, shapes, bytes). Format, task, method, fingerprint and checksum are stored in the safetensors
+header too, with a sha256 of the sidecar's content (``sidecar_sha256``, over its canonical JSON), so a sidecar
+that does not belong to its tensor file, an edited sidecar (a schema error, or any changed value such as a
+method's metadata), a tensor of another dtype or shape, or modified bytes are each a one-line ArtifactError
+(`read_artifact`). Loading onto a different base network is an error that says so.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from taskshare.core.serialize import atomic_write_json, load_tensors, read_json,
 from taskshare.core.tasktensors import TaskTensors
 from taskshare.errors import ArtifactError
 
-FORMAT = "taskshare-task/2"  # /2: task, method and a content checksum in the header too
+FORMAT = "taskshare-task/3"  # /2: task, method and a content checksum in the header; /3: the sidecar's sha256 too
+_KINDS = ("param", "buffer")
 
 
 def artifact_paths(path: str | Path) -> tuple[Path, Path]:
@@ -44,6 +46,13 @@ def content_sha256(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def sidecar_sha256(side: dict[str, Any]) -> str:
+    """sha256 of a sidecar's canonical JSON (sorted keys, compact separators, ASCII): whitespace and key order
+    do not count, every value does."""
+    text = json.dumps(side, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def save_task(tt: TaskTensors, task: str, path: str | Path, *, omit: Iterable[str] = (),
               meta: dict[str, Any] | None = None) -> int:
     """Save `task`'s tensors (minus `omit`, which must equal the base on load). Returns bytes written."""
@@ -56,9 +65,14 @@ def save_task(tt: TaskTensors, task: str, path: str | Path, *, omit: Iterable[st
     sha = content_sha256(tensors)
     sidecar = {"format": FORMAT, "task": task, "method": method, "base_fingerprint": fingerprint, "sha256": sha,
                "tensors": entries, "omitted": sorted(set(omit)), "meta": meta or {}}
+    try:  # as it will read back (int keys become strings, tuples lists): the digest is of what is on disk
+        sidecar = json.loads(json.dumps(sidecar))
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"save_task({task!r}): meta must be JSON-serialisable ({e})") from None
     st_path, json_path = artifact_paths(path)
     size = save_tensors(st_path, tensors, {"format": FORMAT, "task": task, "method": method,
-                                           "base_fingerprint": fingerprint, "sha256": sha})
+                                           "base_fingerprint": fingerprint, "sha256": sha,
+                                           "sidecar_sha256": sidecar_sha256(sidecar)})
     atomic_write_json(json_path, sidecar)
     return size + json_path.stat().st_size
 
@@ -88,9 +102,16 @@ def _check_sidecar(side: Any, json_path: Path) -> dict[str, Any]:
             if not isinstance(entry.get(key), tp):
                 raise bad(f"gives tensor {name!r} no {key!r} of type {tp.__name__}")
         if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in entry["shape"]):
-            raise bad(f"gives tensor {name!r} an invalid shape {entry['shape']!r}")
+            raise bad(f"gives tensor {name!r} an invalid shape {str(entry['shape'])[:40]}")
+        if entry["kind"] not in _KINDS:
+            raise bad(f"gives tensor {name!r} the kind {entry['kind'][:20]!r}, not one of {', '.join(_KINDS)}")
+        if entry["trainable"] and entry["kind"] != "param":
+            raise bad(f"marks buffer {name!r} trainable")
     if not all(isinstance(n, str) for n in side["omitted"]):
         raise bad("lists a non-name in 'omitted'")
+    both = sorted(set(side["omitted"]) & set(side["tensors"]))
+    if both:
+        raise bad(f"lists tensor {both[0]!r} as both saved and omitted")
     return side
 
 
@@ -106,6 +127,10 @@ def read_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
     st_path, json_path = artifact_paths(path)
     side = read_sidecar(path)
     tensors, header = load_tensors(st_path, "artifact")
+    if header.get("format") != FORMAT:
+        raise ArtifactError(f"artifact {st_path} is not a tensor file of format {FORMAT!r} (its header says "
+                            f"{str(header.get('format'))[:40]!r}): copy it together with its own "
+                            f"{json_path.name}, or re-export the task")
     for key in ("task", "method", "base_fingerprint", "sha256"):
         if header.get(key) != side[key]:
             raise ArtifactError(f"{st_path.name} and {json_path.name} belong to different saves ({key} "
@@ -125,6 +150,9 @@ def read_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
     if content_sha256(tensors) != side["sha256"]:
         raise ArtifactError(f"artifact {st_path}: content checksum mismatch, the file was modified or corrupted; "
                             "re-export the task")
+    if header.get("sidecar_sha256") != sidecar_sha256(side):
+        raise ArtifactError(f"artifact metadata {json_path} was edited after the save (its sha256 differs from the "
+                            f"one recorded in {st_path.name}): restore the file or re-export the task")
     return side, tensors
 
 

@@ -185,5 +185,6 @@ def load_state(path: str | os.PathLike, what: str = "checkpoint") -> tuple[Any, 
     try:
         skeleton = json.loads(meta.pop("skeleton"))
         return unflatten_state(skeleton, tensors), meta
-    except (json.JSONDecodeError, KeyError) as e:
-        raise ArtifactError(f"{what} {path} is corrupted ({e!r} in its skeleton): re-create it") from None
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as e:
+        first = " ".join(f"{type(e).__name__}: {e}".split())[:120]
+        raise ArtifactError(f"{what} {path} is corrupted ({first} in its skeleton): re-create it") from None

@@ -133,7 +133,7 @@ def _load(name: str, gen: torch.Generator) -> _Source:
         (x, y), (xt, yt) = sources.load_fashion_mnist("train"), sources.load_fashion_mnist("test")
         return _Source(name, (x.unsqueeze(1), y), (xt.unsqueeze(1), yt), list(sources.FASHION_CLASSES), gen)
     if name == "animal":
-        from taskshare.data.benchmarks import ANIMAL_TEST_FRACTION, ANIMAL_TEST_SEED
+        from taskshare.data.streams import ANIMAL_TEST_FRACTION, ANIMAL_TEST_SEED
 
         x, y = sources.load_animal_shape()
         keep, held = split_train_val(None, y, ANIMAL_TEST_FRACTION, ANIMAL_TEST_SEED)

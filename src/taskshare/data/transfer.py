@@ -48,13 +48,13 @@ TEXT_TASKS = {"rating": ["1", "2", "3", "4", "5"], "recommended": ["no", "yes"],
 
 
 def _int(name: str, value: Any, minimum: int) -> int:
-    from taskshare.data.benchmarks import _int_option
-    return _int_option(name, value, minimum)
+    from taskshare.data.streams import int_option
+    return int_option(name, value, minimum)
 
 
 # ----------------------------------------------------------------------------------------------- images
 def build_transfer_images(*, seed: int, val_fraction: float, max_eval: int = 2000) -> Stream:
-    from taskshare.data.benchmarks import build_domain_stream
+    from taskshare.data.streams import build_domain_stream
 
     max_eval = _int("max_eval", max_eval, 0)
     progress.say("transfer-images: reading MNIST, Fashion-MNIST, AnimalShape and optdigits")

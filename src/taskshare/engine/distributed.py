@@ -40,7 +40,7 @@ sizes up front; choose a batch size / limit that avoids it).
 Launch (``batch_size`` is the global batch, as in one process):
 
     torchrun --nproc_per_node=2 -m taskshare.cli run split-mnist --method finetune,ewc --set batch_size=128
-    torchrun --nproc_per_node=2 -m taskshare.multitask.runner BENCHMARK --method M ...
+    torchrun --nproc_per_node=2 -m taskshare.cli run BENCHMARK --method M ...
 
 torchrun sets RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT; ``init_from_env`` reads them (nothing to
 configure; on one machine everything stays on the loopback interface). Rank 0 writes files (results.json,

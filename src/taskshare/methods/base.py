@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from taskshare.core import TaskTensors, save_task
-from taskshare.engine.config import RunConfig
+from taskshare.config import RunConfig
 from taskshare.models import HEAD_SLOTS, TaskNet, build_backbone, head_logits, new_head
 
 

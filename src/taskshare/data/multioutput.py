@@ -6,7 +6,7 @@ whether each metric is higher-is-better, plus the encoder the benchmark trains b
 
 Splits. The test split never depends on the run seed: it is fixed by ``data_seed`` (an option, default 0)
 or by the data's own train/test split (MNIST). The validation split is carved from the training data with
-the run seed. Model selection uses validation only (``taskshare.multitask.runner``).
+the run seed. Model selection uses validation only (``taskshare.engine.multioutput``).
 
 - ``synthetic-imbalanced``: the AdaTask paper's synthetic analysis re-created (the paper's exact setup is
   not published; spec section 6). x ~ N(0, I_32); task k's clean target is a random two-layer teacher
@@ -497,7 +497,7 @@ MULTITASK_BENCHMARKS: dict[str, MultiTaskBenchmark] = {
 
 def benchmark_options(name: str, values: Mapping[str, Any] | None = None):
     """The validated options dataclass of benchmark ``name`` (one-line ConfigError on bad keys/values)."""
-    from taskshare.engine.config import check_options
+    from taskshare.config import check_options
 
     if name not in MULTITASK_BENCHMARKS:
         raise ConfigError(f"unknown multi-task benchmark {name!r}; choose from {', '.join(MULTITASK_BENCHMARKS)}")

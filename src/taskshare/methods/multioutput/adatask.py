@@ -52,8 +52,8 @@ import torch
 from torch import Tensor
 
 from taskshare.errors import ConfigError
-from taskshare.multitask.aggregators import pcgrad_project
-from taskshare.multitask.gradients import FlatLayout, flatten
+from taskshare.methods.multioutput.aggregators import pcgrad_project
+from taskshare.methods.multioutput.gradients import FlatLayout, flatten
 
 __all__ = ["AdaTask", "AdaTaskAdagrad", "AdaTaskAdam", "AdaTaskRMSprop", "VARIANTS", "make_adatask"]
 

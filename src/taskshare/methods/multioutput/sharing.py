@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from torch import Tensor, nn
 
 from taskshare.errors import ConfigError
-from taskshare.multitask.gradients import reach_mask
+from taskshare.methods.multioutput.gradients import reach_mask
 
 __all__ = ["Sharing", "detect_sharing"]
 

@@ -8,20 +8,19 @@
 - ``adatask``: AdaTaskAdam / AdaTaskRMSprop / AdaTaskAdagrad, ``make_adatask(variant, ...)``
 - ``au``: ``AURecorder`` and ``plot_au``
 - ``trainer``: ``MultiTaskTrainer`` and the ``METHODS`` registry
-- ``benchmarks``: ``MULTITASK_BENCHMARKS`` (synthetic-imbalanced, multimnist, adult, clothing-reviews)
 - ``runner``: ``run_multitask`` (results.json with task_metrics / stl_baseline / delta_m, checkpoints,
-  AU plots, torchrun); ``python -m taskshare.multitask.runner BENCHMARK --method ...``
+  AU plots, torchrun) lives in ``taskshare.engine.multioutput``
 
-(``benchmarks`` and ``runner`` are not imported here: import them explicitly.)
+The benchmarks (``MULTITASK_BENCHMARKS``) live in ``taskshare.data.multioutput``.
 """
-from taskshare.multitask.adatask import AdaTask, AdaTaskAdagrad, AdaTaskAdam, AdaTaskRMSprop, make_adatask
-from taskshare.multitask.aggregators import AGGREGATORS, cagrad, ew, mean, mgda, mgda_ub_weights, pcgrad
-from taskshare.multitask.au import AURecorder, plot_au
-from taskshare.multitask.gradients import FlatLayout, per_task_gradients, write_grads
-from taskshare.multitask.model import MultiOutputNet
-from taskshare.multitask.sharing import Sharing, detect_sharing
-from taskshare.multitask.trainer import METHOD_OPTIONS, METHODS, MultiTaskTrainer
-from taskshare.multitask.weighting import DWA, GradNorm, UncertaintyWeighting
+from taskshare.methods.multioutput.adatask import AdaTask, AdaTaskAdagrad, AdaTaskAdam, AdaTaskRMSprop, make_adatask
+from taskshare.methods.multioutput.aggregators import AGGREGATORS, cagrad, ew, mean, mgda, mgda_ub_weights, pcgrad
+from taskshare.methods.multioutput.au import AURecorder, plot_au
+from taskshare.methods.multioutput.gradients import FlatLayout, per_task_gradients, write_grads
+from taskshare.methods.multioutput.model import MultiOutputNet
+from taskshare.methods.multioutput.sharing import Sharing, detect_sharing
+from taskshare.methods.multioutput.trainer import METHOD_OPTIONS, METHODS, MultiTaskTrainer
+from taskshare.methods.multioutput.weighting import DWA, GradNorm, UncertaintyWeighting
 
 __all__ = [
     "AGGREGATORS", "AURecorder", "AdaTask", "AdaTaskAdagrad", "AdaTaskAdam", "AdaTaskRMSprop", "DWA",

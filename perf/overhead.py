@@ -7,7 +7,7 @@ plain loop gets); taskshare pays everything it adds: uint8 -> float batches, the
 per-task checkpoints, artifacts and results.json. Rounds alternate between the two and the best time of
 each is kept, so machine noise affects both alike.
 
-    python benchmarks/overhead.py [--rounds 5]
+    python perf/overhead.py [--rounds 5]
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from taskshare.data import build_benchmark
-from taskshare.engine.config import RunConfig
-from taskshare.engine.runner import run_method
+from taskshare.config import RunConfig
+from taskshare.engine.lifelong import run_method
 from taskshare.methods.base import task_seed
 from taskshare.models import TaskNet, build_backbone, head_logits, new_head
 

@@ -17,7 +17,7 @@ Timing: each configuration runs ``--steps`` steps per round after 3 warm-up step
 the configurations so machine noise hits all alike; the best (minimum) per-step time over ``--rounds``
 rounds is reported (on a shared machine the minimum is the least noisy estimate of the cost itself).
 
-    python benchmarks/multitask_step.py [--rounds 5] [--steps 10] [--threads 2] [--seed 0]
+    python perf/multitask_step.py [--rounds 5] [--steps 10] [--threads 2] [--seed 0]
 """
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from taskshare.multitask import METHODS, MultiOutputNet, MultiTaskTrainer, per_task_gradients
-from taskshare.multitask.gradients import choose_mode
-from taskshare.multitask.runner import LeNet, _mlp
+from taskshare.methods.multioutput import METHODS, MultiOutputNet, MultiTaskTrainer, per_task_gradients
+from taskshare.methods.multioutput.gradients import choose_mode
+from taskshare.engine.multioutput import LeNet, _mlp
 
 KS = (2, 3, 10)
 BATCH = 128

@@ -51,7 +51,7 @@ from taskshare.core import TaskTensors
 from taskshare.core.checkpoint import check_lifelong, restoring
 from taskshare.core.serialize import atomic_write_json, load_state, read_json, save_state, save_tensors
 from taskshare.engine import distributed as ddp
-from taskshare.engine.config import RunConfig, check_options
+from taskshare.config import RunConfig, check_options
 from taskshare.engine.outdir import MIN_FREE_BYTES, prepare_out
 from taskshare.engine.loop import NonFiniteGuard, evaluate, train_epoch, train_mixed_epoch
 from taskshare.errors import ArtifactError, ConfigError, TrainingError

@@ -33,7 +33,7 @@ Data parallelism: under ``torchrun --nproc_per_node=N`` every rank draws the sam
 on its shard; per-task gradients are reduced before they are combined (``engine.distributed``). Rank 0
 writes every file.
 
-    python -m taskshare.multitask.runner adult --method ew,adatask --epochs 10 --set optimizer=adam \\
+    taskshare run adult --method ew,adatask --epochs 10 --set optimizer=adam \\
         --set lr=0.001 --out runs/mt/adult [--set adatask.variant=rmsprop] [--set adatask.record_au=true]
 """
 from __future__ import annotations
@@ -58,19 +58,19 @@ from taskshare.core.paths import safe_name
 from taskshare.core.serialize import atomic_write_json, read_json, load_state, save_state, save_tensors
 from taskshare.engine.outdir import MIN_FREE_BYTES, prepare_out
 from taskshare.engine import distributed as ddp
-from taskshare.engine.config import RunConfig, check_options
+from taskshare.config import RunConfig, check_options
 from taskshare.errors import ConfigError, TrainingError
-from taskshare.multitask.adatask import VARIANTS
-from taskshare.multitask.au import AURecorder, plot_au
-from taskshare.multitask.benchmarks import (
+from taskshare.methods.multioutput.adatask import VARIANTS
+from taskshare.methods.multioutput.au import AURecorder, plot_au
+from taskshare.data.multioutput import (
     MULTITASK_BENCHMARKS, MultiTaskData, Split, TaskSpec, benchmark_options, build_multitask, compute_metrics,
 )
-from taskshare.multitask.model import MultiOutputNet
-from taskshare.multitask.trainer import METHOD_OPTIONS, METHODS, MultiTaskTrainer
+from taskshare.methods.multioutput.model import MultiOutputNet
+from taskshare.methods.multioutput.trainer import METHOD_OPTIONS, METHODS, MultiTaskTrainer
 from taskshare.results.metrics import delta_m
 
 __all__ = [
-    "MULTITASK_METHODS", "build_model", "evaluate", "main", "multitask_method_options", "multitask_table",
+    "MULTITASK_METHODS", "build_model", "evaluate", "multitask_method_options", "multitask_table",
     "run_multitask",
 ]
 
@@ -487,7 +487,7 @@ def _train(benchmark, method, cfg, opts, data: MultiTaskData, run_dir: Path, ide
 
 def _results(benchmark, method, cfg, opts, data, model, units, best, test, val_metrics, history, stl, identity,
              time_s, run_dir, recorder, write) -> dict[str, Any]:
-    from taskshare.engine.runner import peak_rss_mb, versions
+    from taskshare.engine.lifelong import peak_rss_mb, versions
 
     names = list(data.task_names)
     hib = data.higher_is_better()
@@ -593,13 +593,3 @@ def multitask_table(results: list[dict], markdown: bool = False) -> str:
 
 
 # ------------------------------------------------------------------------------------------ CLI
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m taskshare.multitask.runner BENCHMARK ...` is `taskshare run BENCHMARK ...` (one code path)."""
-    from taskshare.cli import main as cli_main
-
-    return cli_main(["run", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,7 +16,7 @@ TaskNet with a 10-class head. Random init with the same shapes when a weights pa
 Timing: ``--steps`` calls per round after 2 warm-ups; rounds alternate over the variants so machine noise
 hits all alike; the minimum per-call time over ``--rounds`` rounds is reported.
 
-    python benchmarks/taps_step.py [--models mobilenetv2,minilm] [--threads 1] [--rounds 3] [--steps 3]
+    python perf/taps_step.py [--models mobilenetv2,minilm] [--threads 1] [--rounds 3] [--steps 3]
 """
 from __future__ import annotations
 

@@ -40,13 +40,13 @@ import torch
 from torch import Tensor
 
 from taskshare.errors import ConfigError
-from taskshare.multitask.adatask import VARIANTS, make_adatask
-from taskshare.multitask.aggregators import cagrad, mgda, mgda_ub_weights, mgda_weights_gram, pcgrad
-from taskshare.multitask.au import AURecorder
-from taskshare.multitask.gradients import GRAD_MODES, choose_mode, per_task_gradients, write_grads
-from taskshare.multitask.model import MultiOutputNet
-from taskshare.multitask.sharing import Sharing, detect_sharing
-from taskshare.multitask.weighting import DWA, GradNorm, UncertaintyWeighting
+from taskshare.methods.multioutput.adatask import VARIANTS, make_adatask
+from taskshare.methods.multioutput.aggregators import cagrad, mgda, mgda_ub_weights, mgda_weights_gram, pcgrad
+from taskshare.methods.multioutput.au import AURecorder
+from taskshare.methods.multioutput.gradients import GRAD_MODES, choose_mode, per_task_gradients, write_grads
+from taskshare.methods.multioutput.model import MultiOutputNet
+from taskshare.methods.multioutput.sharing import Sharing, detect_sharing
+from taskshare.methods.multioutput.weighting import DWA, GradNorm, UncertaintyWeighting
 
 __all__ = ["METHODS", "METHOD_OPTIONS", "MultiTaskTrainer"]
 

@@ -16,7 +16,7 @@ TaskNet, patch ``--kinds`` (default scale-bias+depthwise+head, the costliest per
    creating the tasks; both are compared with the sum of the per-task artifact files (`save_patch`, BN
    statistics included) and with 100 whole model copies.
 
-    python benchmarks/patches_mixed.py [--size 32] [--batch 64] [--tasks 100] [--threads 1] [--rounds 5]
+    python perf/patches_mixed.py [--size 32] [--batch 64] [--tasks 100] [--threads 1] [--rounds 5]
 """
 from __future__ import annotations
 
