@@ -117,6 +117,35 @@ def test_state_dict_roundtrip_rebuilds_experts(three, tmp_path):
         assert fresh.tt.count(t.name) == par.tt.count(t.name)
 
 
+def test_two_identical_runs_write_identical_artifacts(tmp_path):
+    """Same seed, same data => the same sidecar JSON bytes and tensors for every task (owner, new expert,
+    transfer reuse); the search's wall time is only in extra_results()["timing"], never in an artifact.
+    The .safetensors bytes are not compared yet (header key order, fixed in core/serialize.py)."""
+    from safetensors.torch import load_file
+
+    runs = []
+    for run in ("one", "two"):
+        par = make(search_epochs=2)
+        for i, task in enumerate((A, B, A_AGAIN)):
+            train_task(par, task, i, epochs=1)
+        for task in (A, B, A_AGAIN):
+            par.save_artifact(task.name, tmp_path / run / task.name)
+        runs.append(par)
+    assert [d["reuse"] for d in runs[0].decisions] == [None, None, "transfer"]
+    for task in (A, B, A_AGAIN):
+        one, two = tmp_path / "one" / task.name, tmp_path / "two" / task.name
+        sidecar = one.with_suffix(".json").read_bytes()
+        assert sidecar == two.with_suffix(".json").read_bytes(), task.name
+        assert b"search_s" not in sidecar and b"seconds" not in sidecar
+        ta, tb = load_file(one.with_suffix(".safetensors")), load_file(two.with_suffix(".safetensors"))
+        assert set(ta) == set(tb) and all(ta[k].dtype == tb[k].dtype and torch.equal(ta[k], tb[k]) for k in ta)
+    results = [r.extra_results() for r in runs]
+    assert json.dumps(results[0]["decisions"]) == json.dumps(results[1]["decisions"])
+    assert set(results[0]) == {"decisions", "timing"}
+    assert set(results[0]["timing"]["par_search_s"]) == {"a", "b"}  # the searched tasks (a reuse searches nothing)
+    assert all(s > 0 for s in results[0]["timing"]["par_search_s"].values())
+
+
 def test_kd_is_soft_cross_entropy_at_t2():
     s, t = torch.randn(5, 4), torch.randn(5, 4)
     assert torch.allclose(kd_loss(s, t, 2.0, 0.0), distillation(s, t, 2.0))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from taskshare.engine.lifelong import TIMING_FIELDS
+from taskshare.engine.run import TIMING_FIELDS
 
 
 def _without_timing(obj):

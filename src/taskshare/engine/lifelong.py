@@ -32,39 +32,28 @@ to, not exactly like, one process.
 from __future__ import annotations
 
 import dataclasses
-
-import os
-import platform
-import resource
-import sys
-import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from taskshare.core.paths import safe_name
-from taskshare import __version__, progress
+from taskshare import progress
+from taskshare.config import RunConfig, check_options
 from taskshare.core import TaskTensors
 from taskshare.core.checkpoint import check_lifelong, restoring
-from taskshare.core.serialize import atomic_write_json, load_state, read_json, save_state, save_tensors
+from taskshare.core.paths import safe_name
+from taskshare.core.serialize import save_tensors
 from taskshare.engine import distributed as ddp
-from taskshare.config import RunConfig, check_options
-from taskshare.engine.outdir import MIN_FREE_BYTES, prepare_out
 from taskshare.engine.loop import NonFiniteGuard, evaluate, train_epoch, train_mixed_epoch
-from taskshare.errors import ArtifactError, ConfigError, TrainingError
+from taskshare.engine.run import CHECKPOINT, TIMING_FIELDS, Run, identity, state_bytes, versions
+from taskshare.errors import ConfigError, TrainingError
 from taskshare.methods import METHODS
 from taskshare.methods.base import task_seed
 from taskshare.results.metrics import average_accuracy, backward_transfer, forgetting
 
-CHECKPOINT = "checkpoint.safetensors"
-# results.json keys (at any depth) that measure the machine, not the method: the only values that may differ
-# between two runs with the same seed and settings (tests/test_reproducible_outputs.py)
-TIMING_FIELDS = ("time_s", "peak_rss_mb", "timing")
-# settings that do not change results: a run may be resumed with other values
-_NOT_IDENTITY = ("device", "checkpoint_minutes", "eval_batch_size")
+__all__ = ["CHECKPOINT", "TIMING_FIELDS", "run_method", "save_artifacts"]
 
 
 def _refuse_data_parallel(cls, method: str) -> None:
@@ -111,36 +100,102 @@ def _check_in_sync(learner, where: str) -> None:
                             "(without torchrun)")
 
 
-def versions() -> dict[str, str]:
-    return {"taskshare": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version()}
+@dataclass
+class _Lifelong:
+    """The state of one lifelong run while it trains: the stream, the learner and the accuracy rows."""
+
+    run: Run
+    cfg: RunConfig
+    method: str
+    learner: Any
+    tasks: list
+    reducer: Any
+    rows: list = dataclasses.field(default_factory=list)
+    saved_state: dict | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def restore(self) -> None:
+        with restoring(self.run.checkpoint_path):
+            self.learner.load_state_dict(self.saved_state)
+
+    def checkpoint(self, task_index: int, epoch: int) -> None:
+        self.run.save(lambda: {"learner": self.learner.state_dict(), "rows": self.rows, "task": task_index,
+                               "epoch": epoch, "rng": torch.get_rng_state()})
+
+    def evaluate_row(self, upto: int) -> list[float | None]:
+        row: list[float | None] = [None] * len(self.tasks)
+        with progress.bar(upto + 1, f"{self.method} test", unit="task", quiet=self.run.quiet) as bar:
+            for j in range(upto + 1):
+                row[j] = evaluate(self.learner, self.tasks[j].test, self.names[j], self.cfg.eval_batch_size,
+                                  self.learner.device)
+                bar.update(1)
+        return row
+
+    def epochs(self, task_index: int, first_epoch: int, desc: str, train_one: Callable) -> None:
+        """Epochs first_epoch.. of one task (or of all tasks, offline), checkpointing when due."""
+        cfg = self.cfg
+        where = (lambda e: f"{self.method}, epoch {e + 1}") if self.learner.offline else \
+            (lambda e: f"{self.method}, task {self.tasks[task_index].name}, epoch {e + 1}")
+        epoch = first_epoch
+        guard = NonFiniteGuard(lambda: where(epoch), self.reducer)
+        with progress.bar(train_one.batches * (cfg.epochs - first_epoch), desc, quiet=self.run.quiet) as bar:
+            for epoch in range(first_epoch, cfg.epochs):
+                gen = torch.Generator().manual_seed(task_seed(cfg.seed, task_index, salt=100 + epoch))
+                if self.reducer is not None and hasattr(self.learner, "set_epoch"):
+                    self.learner.set_epoch(epoch)  # TAPS counts samples it sees: here a shard, not the batch
+                train_one(gen, guard, bar)
+                if self.reducer is not None:
+                    _check_in_sync(self.learner, where(epoch))
+                if epoch + 1 < cfg.epochs and self.run.due():
+                    self.checkpoint(0 if self.learner.offline else task_index, epoch + 1)
+
+    def train_offline(self, next_epoch: int) -> None:
+        learner, cfg = self.learner, self.cfg
+        learner.begin_all(self.tasks)
+        if self.saved_state is not None:
+            self.restore()
+        ddp.broadcast_tensors(_learner_tensors(learner))
+        ddp.attach_all(learner, self.reducer)
+        datasets = [t.train for t in self.tasks]
+
+        def one(gen, guard, bar):
+            train_mixed_epoch(learner, datasets, cfg.batch_size, gen, learner.device, guard, bar, self.reducer)
+        one.batches = sum(-(-len(d) // cfg.batch_size) for d in datasets)
+        self.epochs(0, next_epoch, f"{self.method} (all tasks)", one)
+        T = len(self.tasks)
+        self.rows = [[None] * T for _ in range(T - 1)] + [self.evaluate_row(T - 1)]
+
+    def train_online(self, next_task: int, next_epoch: int) -> None:
+        learner, cfg, T = self.learner, self.cfg, len(self.tasks)
+        for i in range(next_task, T):
+            task = self.tasks[i]
+            first_epoch = next_epoch if i == next_task else 0
+            ddp.broadcast_tensors(_learner_tensors(learner))  # ranks agree (before begin_task: LwF's teacher)
+            learner.begin_task(task, i)
+            if first_epoch > 0:  # mid-task resume: restore moments and method state after begin_task
+                self.restore()
+            ddp.attach_all(learner, self.reducer)  # the reducer on the new optimizers (re-checked every step)
+
+            def one(gen, guard, bar, task=task):
+                train_epoch(learner, task.train, cfg.batch_size, gen, learner.device, guard, bar, self.reducer)
+            one.batches = -(-len(task.train) // cfg.batch_size)
+            self.epochs(i, first_epoch, f"{self.method} {i + 1}/{T} {task.name}", one)
+            learner.end_task(task)
+            self.rows.append(self.evaluate_row(i))
+            self.run.say(f"[{self.method}] task {i + 1}/{T} {task.name}: test accuracy on seen tasks "
+                         + " ".join(f"{a:.3f}" for a in self.rows[-1] if a is not None))
+            self.checkpoint(i + 1, 0)
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _identity(benchmark: str, method: str, cfg: RunConfig | dict[str, Any]) -> dict[str, Any]:
-    """What makes two runs the same run: benchmark, method and every setting that changes results."""
-    config = cfg.to_dict() if isinstance(cfg, RunConfig) else cfg
-    conf = {k: v for k, v in config.items() if k not in _NOT_IDENTITY}
-    conf["methods"] = {method: (config.get("methods") or {}).get(method, {})}
-    return {"benchmark": benchmark, "method": method, "config": conf}
-
-
-def finished_run(path: Path, identity: dict[str, Any], say: Callable[[str], None]) -> dict[str, Any]:
-    """--resume of a finished run: its results when made with the same settings, else a one-line refusal."""
-    done = read_json(path, "results")
-    try:
-        same = _identity(done["benchmark"], done["method"], done["config"]) == identity
-    except (KeyError, TypeError, AttributeError):
-        raise ArtifactError(f"{path} is not a taskshare results file (benchmark, method or config missing): "
-                            "delete it or run without --resume to start over") from None
-    if not same:
-        raise ConfigError(f"{path.parent} holds a finished run made with other settings: resume with the same "
-                          "benchmark, method and options, or run without --resume to start over")
-    say(f"[{identity['method']}] already complete in {path.parent}: keeping its results")
-    return done
+def _build_learner(cls, stream, tasks, cfg: RunConfig, options):
+    torch.manual_seed(cfg.seed)
+    learner_cfg = cfg  # model=auto on a stream that names its backbone (transfer benchmarks) means that one
+    if cfg.model == "auto" and getattr(stream, "default_model", ""):
+        learner_cfg = dataclasses.replace(cfg, model=stream.default_model)
+    return cls(learner_cfg, options, tasks[0].input_shape)
 
 
 def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benchmark: str | None = None,
@@ -149,144 +204,41 @@ def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benc
     """Train `method` over `stream` and write OUT/<method>/results.json; returns the results dict."""
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}: choose from {', '.join(METHODS)} (taskshare list)")
-    cls = METHODS[method]
-    di = ddp.info()
+    cls, di = METHODS[method], ddp.info()
     if di.enabled:
         _refuse_data_parallel(cls, method)
     options = check_options(cls.Options, cfg.methods.get(method, {}), method)
     benchmark = benchmark or stream.name
-    run_dir = Path(out_dir) / method
-    ckpt_path = run_dir / CHECKPOINT
-    identity = _identity(benchmark, method, cfg)
-    quiet = quiet or not di.is_main
-    say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-
-    if resume and (run_dir / "results.json").exists() and not ckpt_path.exists():
-        return finished_run(run_dir / "results.json", identity, say)
-
+    run = Run(Path(out_dir) / method, identity(benchmark, method, cfg), resume, quiet, cfg.checkpoint_minutes,
+              on_checkpoint)
+    done = run.finished(lambda r: identity(r["benchmark"], r["method"], r["config"]))
+    if done is not None:
+        return done
     tasks = [t.limit(cfg.limit, seed=cfg.seed) if cfg.limit else t for t in stream.tasks]
-    names = [t.name for t in tasks]
-    torch.manual_seed(cfg.seed)
-    learner_cfg = cfg  # model=auto on a stream that names its backbone (transfer benchmarks) means that one
-    if cfg.model == "auto" and getattr(stream, "default_model", ""):
-        learner_cfg = dataclasses.replace(cfg, model=stream.default_model)
-    learner = cls(learner_cfg, options, tasks[0].input_shape)
-    device = learner.device
-    if di.is_main:  # room for a checkpoint (tensors + optimizer moments, twice during the atomic rename)
-        need = 4 * sum(t.numel() * t.element_size() for t in _learner_tensors(learner))
-        prepare_out(run_dir, "--out", need_bytes=max(MIN_FREE_BYTES, need))
+    learner = _build_learner(cls, stream, tasks, cfg, options)
+    run.need_space(state_bytes(_learner_tensors(learner)))
     reducer = ddp.GradReducer() if di.enabled else None
     if di.enabled:
         _check_shards(learner, tasks, cfg, di.world_size)
-    T = len(tasks)
-    rows: list[list[float | None]] = []
-    next_task, next_epoch, elapsed = 0, 0, 0.0
-    saved_state = None
-    if resume and ckpt_path.exists():
-        ckpt = check_lifelong(load_state(ckpt_path)[0], ckpt_path, identity, n_tasks=len(tasks), epochs=cfg.epochs,
-                              offline=cls.offline)
-        saved_state = ckpt["learner"]
-        rows = ckpt["rows"]
-        next_task, next_epoch, elapsed = ckpt["task"], ckpt["epoch"], ckpt["elapsed"]
-        with restoring(ckpt_path):
-            learner.load_state_dict(saved_state)
+    state = _Lifelong(run, cfg, method, learner, tasks, reducer)
+    next_task = next_epoch = 0
+    ckpt = run.checkpoint(check_lifelong, n_tasks=len(tasks), epochs=cfg.epochs, offline=cls.offline)
+    if ckpt is not None:
+        state.saved_state, state.rows = ckpt["learner"], ckpt["rows"]
+        next_task, next_epoch = ckpt["task"], ckpt["epoch"]
+        state.restore()
         torch.set_rng_state(ckpt["rng"])
         ddp.attach_all(learner, reducer)
-        say(f"[{method}] resuming at task {next_task + 1}/{T}, epoch {next_epoch} from {ckpt_path}")
-
-    start = time.perf_counter() - elapsed
-    last_ckpt = time.monotonic()
-
-    def checkpoint(task_index: int, epoch: int) -> None:
-        nonlocal last_ckpt
-        if di.is_main:  # data parallel: rank 0 writes, the others wait until the file is complete
-            state = {"identity": identity, "learner": learner.state_dict(), "rows": rows,
-                     "task": task_index, "epoch": epoch, "elapsed": time.perf_counter() - start,
-                     "rng": torch.get_rng_state()}
-            save_state(ckpt_path, state)
-        ddp.barrier()
-        last_ckpt = time.monotonic()
-        if on_checkpoint is not None:
-            on_checkpoint(ckpt_path)
-        if os.environ.get("TASKSHARE_CRASH_AFTER_CHECKPOINT"):  # used by the kill-and-resume test
-            os._exit(137)
-
-    def due() -> bool:  # rank 0's clock decides for every rank
-        return ddp.agree(time.monotonic() - last_ckpt >= cfg.checkpoint_minutes * 60)
-
-    def prepare() -> None:
-        """Data parallel: the reducer on the (new) optimizers (the loop re-checks before every step)."""
-        ddp.attach_all(learner, reducer)
-
-    def evaluate_row(upto: int) -> list[float | None]:
-        row: list[float | None] = [None] * T
-        with progress.bar(upto + 1, f"{method} test", unit="task", quiet=quiet) as bar:
-            for j in range(upto + 1):
-                row[j] = evaluate(learner, tasks[j].test, names[j], cfg.eval_batch_size, device)
-                bar.update(1)
-        return row
-
+        run.say(f"[{method}] resuming at task {next_task + 1}/{len(tasks)}, epoch {next_epoch} from "
+                f"{run.checkpoint_path}")
     if cls.offline:
-        learner.begin_all(tasks)
-        if saved_state is not None:
-            with restoring(ckpt_path):
-                learner.load_state_dict(saved_state)
-        ddp.broadcast_tensors(_learner_tensors(learner))
-        prepare()
-        datasets = [t.train for t in tasks]
-        n_batches = sum(-(-len(d) // cfg.batch_size) for d in datasets)
-        guard = NonFiniteGuard(lambda: f"{method}, epoch {epoch + 1}", reducer)
-        with progress.bar(n_batches * (cfg.epochs - next_epoch), f"{method} (all tasks)", quiet=quiet) as bar:
-            for epoch in range(next_epoch, cfg.epochs):
-                gen = torch.Generator().manual_seed(task_seed(cfg.seed, 0, salt=100 + epoch))
-                train_mixed_epoch(learner, datasets, cfg.batch_size, gen, device, guard, bar, reducer)
-                if reducer is not None:
-                    _check_in_sync(learner, f"{method}, epoch {epoch + 1}")
-                if epoch + 1 < cfg.epochs and due():
-                    checkpoint(0, epoch + 1)
-        rows = [[None] * T for _ in range(T - 1)] + [evaluate_row(T - 1)]
+        state.train_offline(next_epoch)
     else:
-        for i in range(next_task, T):
-            task = tasks[i]
-            first_epoch = next_epoch if i == next_task else 0
-            ddp.broadcast_tensors(_learner_tensors(learner))  # ranks agree (before begin_task: LwF's teacher)
-            learner.begin_task(task, i)
-            if first_epoch > 0:  # mid-task resume: restore moments and method state after begin_task
-                with restoring(ckpt_path):
-                    learner.load_state_dict(saved_state)
-            prepare()
-            n_batches = -(-len(task.train) // cfg.batch_size)
-            guard = NonFiniteGuard(lambda: f"{method}, task {task.name}, epoch {epoch + 1}", reducer)
-            with progress.bar(n_batches * (cfg.epochs - first_epoch), f"{method} {i + 1}/{T} {task.name}",
-                              quiet=quiet) as bar:
-                for epoch in range(first_epoch, cfg.epochs):
-                    gen = torch.Generator().manual_seed(task_seed(cfg.seed, i, salt=100 + epoch))
-                    if reducer is not None and hasattr(learner, "set_epoch"):
-                        learner.set_epoch(epoch)  # TAPS counts samples it sees: here a shard, not the batch
-                    train_epoch(learner, task.train, cfg.batch_size, gen, device, guard, bar, reducer)
-                    if reducer is not None:
-                        _check_in_sync(learner, f"{method}, task {task.name}, epoch {epoch + 1}")
-                    if epoch + 1 < cfg.epochs and due():
-                        checkpoint(i, epoch + 1)
-            learner.end_task(task)
-            rows.append(evaluate_row(i))
-            say(f"[{method}] task {i + 1}/{T} {task.name}: test accuracy on seen tasks "
-                + " ".join(f"{a:.3f}" for a in rows[-1] if a is not None))
-            checkpoint(i + 1, 0)
-
+        state.train_online(next_task, next_epoch)
     # validation accuracy of every task at the end: what hyper-parameters may be chosen on (never test)
-    val_acc = [evaluate(learner, t.val, t.name, cfg.eval_batch_size, device) for t in tasks]
-    time_s = time.perf_counter() - start
-    if di.is_main:
-        results = _results(learner, benchmark, method, cfg, names, rows, val_acc, time_s, run_dir)
-        atomic_write_json(run_dir / "results.json", results)
-        if ckpt_path.exists():
-            ckpt_path.unlink()
-    ddp.barrier()
-    if not di.is_main:
-        results = read_json(run_dir / "results.json", "results")
-    say(f"[{method}] avg acc {results['avg_acc']:.4f}, wrote {run_dir / 'results.json'}")
-    return results
+    val_acc = [evaluate(learner, t.val, t.name, cfg.eval_batch_size, learner.device) for t in tasks]
+    return run.finish(lambda: _results(run, learner, benchmark, method, cfg, state.names, state.rows, val_acc),
+                      lambda r: f"avg acc {r['avg_acc']:.4f}")
 
 
 def save_artifacts(learner, names: list[str], art_dir: Path) -> tuple[dict[str, int], int]:
@@ -298,8 +250,8 @@ def save_artifacts(learner, names: list[str], art_dir: Path) -> tuple[dict[str, 
     return sizes, base
 
 
-def _results(learner, benchmark, method, cfg, names, rows, val_acc, time_s, run_dir) -> dict[str, Any]:
-    sizes, _ = save_artifacts(learner, names, run_dir / "artifacts")
+def _results(run: Run, learner, benchmark, method, cfg, names, rows, val_acc) -> dict[str, Any]:
+    sizes, _ = save_artifacts(learner, names, run.run_dir / "artifacts")
     base = learner.tt.count_shared()
     added = [learner.added_parameters(n) for n in names]
     final = rows[-1]
@@ -314,8 +266,7 @@ def _results(learner, benchmark, method, cfg, names, rows, val_acc, time_s, run_
         "val_acc": val_acc, "val_avg": sum(val_acc) / len(val_acc),
         "params": {"base": base, "added_per_task": added, "total": base + sum(added)},
         "artifact_bytes": sizes,
-        "time_s": round(time_s, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
-        "world_size": ddp.info().world_size,
-        "config": cfg.to_dict(), "versions": versions(),
+        **run.run_fields(),
+        "config": cfg.to_dict(), "identity": run.identity, "versions": versions(),
         **learner.extra_results(),
     }

@@ -487,7 +487,7 @@ def _train(benchmark, method, cfg, opts, data: MultiTaskData, run_dir: Path, ide
 
 def _results(benchmark, method, cfg, opts, data, model, units, best, test, val_metrics, history, stl, identity,
              time_s, run_dir, recorder, write) -> dict[str, Any]:
-    from taskshare.engine.lifelong import peak_rss_mb, versions
+    from taskshare.engine.run import peak_rss_mb, versions
 
     names = list(data.task_names)
     hib = data.higher_is_better()

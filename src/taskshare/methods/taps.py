@@ -151,7 +151,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from taskshare.core import TaskTensors, load_task, save_task
-from taskshare.core.artifacts import read_sidecar
+from taskshare.core.artifacts import read_artifact
 from taskshare.errors import ArtifactError, ConfigError, TaskshareError
 from taskshare.methods.base import Learner, default_model, task_seed
 from taskshare.models import TaskNet, build_backbone, head_logits, new_head
@@ -406,8 +406,8 @@ def import_task(target, path: str | Path, task: str | None = None, *, replace: b
     τ differ from the model's, or whose scores contradict its list of active layers.
     """
     tt = _tt(target)
-    info = read_sidecar(path)["meta"].get("taps")
-    if info is None:
+    info = read_artifact(path)[0]["meta"].get("taps")  # the two files agree (checksums) before meta is read
+    if not isinstance(info, dict):
         raise ArtifactError(f"{path} is not a TAPS export: write it with taskshare.methods.taps.export_task")
     layers = gated_layers(tt.model)
     if list(layers) != info["layers"]:

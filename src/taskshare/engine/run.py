@@ -1,0 +1,169 @@
+"""What every run has, whatever it trains: the one run engine under both drivers.
+
+A `Run` is one method's folder ``OUT/<method>/`` and its life cycle, shared by the lifelong driver
+(`engine.lifelong`) and the multi-output driver (`engine.multioutput`):
+
+- **identity**: the benchmark, the method and every setting that changes results (`identity`); a resumed
+  run must have the same;
+- **resume**: `finished()` returns a finished run's results when resumed with the same settings (and
+  refuses other settings), `checkpoint()` the validated checkpoint of an unfinished one;
+- **checkpoints**: `save(state)` writes atomically (rank 0 under torchrun; the others wait), `due()` says
+  when `checkpoint_minutes` have passed (rank 0's clock decides for all);
+- **results**: `finish(results)` adds the run fields (`time_s`, `peak_rss_mb`, `world_size`, `versions`),
+  writes results.json, removes the checkpoint; other ranks read rank 0's file;
+- **progress**: `say(msg)`, one line on stderr unless quiet (rank 0 only).
+
+Timing and memory fields (`TIMING_FIELDS`) are the only results.json values that may differ between two
+runs with the same seed and settings.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from taskshare import __version__
+from taskshare.config import RunConfig
+from taskshare.core.serialize import atomic_write_json, load_state, read_json, save_state
+from taskshare.engine import distributed as ddp
+from taskshare.engine.outdir import MIN_FREE_BYTES, prepare_out
+from taskshare.errors import ArtifactError, ConfigError
+
+CHECKPOINT = "checkpoint.safetensors"
+# results.json keys (at any depth) that measure the machine, not the method: the only values that may differ
+# between two runs with the same seed and settings (tests/test_reproducible_outputs.py)
+TIMING_FIELDS = ("time_s", "peak_rss_mb", "timing")
+# settings that do not change results: a run may be resumed with other values
+NOT_IDENTITY = ("device", "checkpoint_minutes", "eval_batch_size")
+
+
+def identity(benchmark: str, method: str, cfg: RunConfig | dict[str, Any],
+             options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What makes two runs the same run: benchmark, method, every setting that changes results and the
+    method's options (as given, or all of them with defaults when `options` is passed)."""
+    config = cfg.to_dict() if isinstance(cfg, RunConfig) else cfg
+    conf = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
+    conf["methods"] = {method: (config.get("methods") or {}).get(method, {}) if options is None else options}
+    return {"benchmark": benchmark, "method": method, "config": conf}
+
+
+def versions() -> dict[str, str]:
+    return {"taskshare": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def state_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@dataclass
+class Run:
+    """One method's run folder and life cycle (see the module docstring)."""
+
+    run_dir: Path
+    identity: dict[str, Any]
+    resume: bool = False
+    quiet: bool = True
+    checkpoint_minutes: float = 5.0
+    on_checkpoint: Callable[..., None] | None = None
+    _start: float = field(default_factory=time.perf_counter)
+    _last_checkpoint: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir)
+        self.quiet = self.quiet or not ddp.info().is_main
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT
+
+    @property
+    def results_path(self) -> Path:
+        return self.run_dir / "results.json"
+
+    def say(self, msg: str) -> None:
+        if not self.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    # -------------------------------------------------------------------------------------------- resume
+    def finished(self, derive: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any] | None:
+        """With --resume and a finished run here: its results if made with the same settings (else a one-line
+        refusal). None when there is nothing finished to keep. `derive(results)` rebuilds the identity of
+        results written without one."""
+        if not (self.resume and self.results_path.exists() and not self.checkpoint_path.exists()):
+            return None
+        done = read_json(self.results_path, "results")
+        try:
+            theirs = done["identity"] if "identity" in done or derive is None else derive(done)
+        except (KeyError, TypeError, AttributeError):
+            raise ArtifactError(f"{self.results_path} is not a taskshare results file (benchmark, method or config "
+                                "missing): delete it or run without --resume to start over") from None
+        if theirs != self.identity:
+            raise ConfigError(f"{self.run_dir} holds a finished run made with other settings: resume with the same "
+                              "benchmark, method and options, or run without --resume to start over")
+        self.say(f"[{self.identity['method']}] already complete in {self.run_dir}: keeping its results")
+        return done
+
+    def checkpoint(self, check: Callable[..., dict[str, Any]], **limits) -> dict[str, Any] | None:
+        """With --resume: the checkpoint here, validated by `check(ckpt, path, identity, **limits)`; else None.
+        Restarts the run clock at the checkpoint's elapsed time."""
+        if not (self.resume and self.checkpoint_path.exists()):
+            return None
+        ckpt = check(load_state(self.checkpoint_path)[0], self.checkpoint_path, self.identity, **limits)
+        self._start = time.perf_counter() - ckpt["elapsed"]
+        return ckpt
+
+    # ---------------------------------------------------------------------------------------- checkpoints
+    def need_space(self, nbytes: int) -> None:
+        """Room for a checkpoint of `nbytes` of tensors (plus moments; twice while the rename is atomic)."""
+        if ddp.info().is_main:
+            prepare_out(self.run_dir, "--out", need_bytes=max(MIN_FREE_BYTES, 4 * nbytes))
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._start
+
+    def due(self) -> bool:
+        return ddp.agree(time.monotonic() - self._last_checkpoint >= self.checkpoint_minutes * 60)
+
+    def save(self, state: Callable[[], dict[str, Any]], *callback_args) -> None:
+        """Write the checkpoint `state()` (with identity and elapsed time added) on rank 0; all ranks wait."""
+        if ddp.info().is_main:
+            save_state(self.checkpoint_path, {"identity": self.identity, **state(), "elapsed": self.elapsed()})
+        ddp.barrier()
+        self._last_checkpoint = time.monotonic()
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(self.checkpoint_path, *callback_args)
+        if os.environ.get("TASKSHARE_CRASH_AFTER_CHECKPOINT"):  # used by the kill-and-resume test
+            os._exit(137)
+
+    # -------------------------------------------------------------------------------------------- results
+    def run_fields(self) -> dict[str, Any]:
+        return {"time_s": round(self.elapsed(), 3), "peak_rss_mb": round(peak_rss_mb(), 1),
+                "world_size": ddp.info().world_size}
+
+    def finish(self, results: Callable[[], dict[str, Any]], summary: Callable[[dict[str, Any]], str]) -> dict[str, Any]:
+        """Rank 0 writes results.json from `results()` and drops the checkpoint; every rank returns it."""
+        out = None
+        if ddp.info().is_main:
+            out = results()
+            atomic_write_json(self.results_path, out)
+            if self.checkpoint_path.exists():
+                self.checkpoint_path.unlink()
+        ddp.barrier()
+        if out is None:
+            out = read_json(self.results_path, "results")
+        self.say(f"[{self.identity['method']}] {summary(out)}, wrote {self.results_path}")
+        return out
