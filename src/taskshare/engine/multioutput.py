@@ -43,7 +43,6 @@ import hashlib
 import json
 import math
 import sys
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -53,10 +52,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from taskshare import progress
 from taskshare.core.checkpoint import check_multi_output, restoring
 from taskshare.core.paths import safe_name
-from taskshare.core.serialize import atomic_write_json, read_json, load_state, save_state, save_tensors
-from taskshare.engine.outdir import MIN_FREE_BYTES, prepare_out
+from taskshare.core.serialize import read_json, save_tensors
+from taskshare.engine.run import CHECKPOINT, Run, identity, state_bytes, versions
+from taskshare.methods.base import task_seed
 from taskshare.engine import distributed as ddp
 from taskshare.config import RunConfig, check_options
 from taskshare.errors import ConfigError, TrainingError
@@ -74,12 +75,10 @@ __all__ = [
     "run_multitask",
 ]
 
-CHECKPOINT = "checkpoint.safetensors"
 MULTITASK_METHODS: dict[str, str] = {
     **METHODS, "stl": "single-task baselines: one network per task, same code and settings (Δm reference)"}
 # options every multi-task method accepts besides its own (METHOD_OPTIONS)
 COMMON_OPTIONS: dict[str, Any] = {"record_au": False, "au_gamma": 0.999, "grad_mode": "auto"}
-_NOT_IDENTITY = ("device", "checkpoint_minutes", "eval_batch_size")
 
 
 # ------------------------------------------------------------------------------------------ options
@@ -254,10 +253,10 @@ def _signed_primary(metrics: Mapping[str, float], spec: TaskSpec) -> float:
 # ------------------------------------------------------------------------------------------ helpers
 
 def _identity(benchmark: str, method: str, cfg: RunConfig, opts: dict[str, Any]) -> dict[str, Any]:
-    conf = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IDENTITY}
-    conf["benchmark"] = dataclasses.asdict(benchmark_options(benchmark, cfg.benchmark))
-    conf["methods"] = {method: opts}
-    return json.loads(json.dumps({"benchmark": benchmark, "method": method, "config": conf}))
+    """The run identity (engine.run.identity) with every benchmark option, defaults included."""
+    ident = identity(benchmark, method, cfg, opts)
+    ident["config"]["benchmark"] = dataclasses.asdict(benchmark_options(benchmark, cfg.benchmark))
+    return json.loads(json.dumps(ident))
 
 
 _DATA_CACHE: dict[str, MultiTaskData] = {}
@@ -311,24 +310,15 @@ def run_multitask(benchmark: str, method: str, cfg: RunConfig, out_dir: str | Pa
     opts = method_options(method, cfg)
     if cfg.precision != "fp32":
         raise ConfigError(f"precision={cfg.precision} is not supported for multi-task runs; use precision=fp32")
-    di = ddp.info()
     out_dir = Path(out_dir)
-    run_dir = out_dir / method
-    identity = _identity(benchmark, method, cfg, opts)
-    say = (lambda msg: None) if quiet or not di.is_main else (lambda msg: print(msg, file=sys.stderr, flush=True))
-
-    done = run_dir / "results.json"
-    if resume and done.exists() and not (run_dir / CHECKPOINT).exists():
-        prev = read_json(done, "results")
-        if not isinstance(prev, dict) or prev.get("identity") != identity:
-            raise ConfigError(f"{run_dir} holds a finished run made with other settings: resume with the same "
-                              "benchmark, method and options, or run without --resume to start over")
-        say(f"[{method}] already complete in {run_dir}: keeping its results")
-        return prev
-
-    data = _data(benchmark, cfg, say)
+    run = Run(out_dir / method, _identity(benchmark, method, cfg, opts), resume, quiet, cfg.checkpoint_minutes,
+              on_checkpoint)
+    done = run.finished()
+    if done is not None:
+        return done
+    data = _data(benchmark, cfg, run.say)
     stl = None if method == "stl" else ensure_stl(benchmark, cfg, out_dir, resume=resume, quiet=quiet)
-    return _train(benchmark, method, cfg, opts, data, run_dir, identity, stl, resume, say, on_checkpoint)
+    return _MultiOutput(run, benchmark, method, cfg, opts, data, stl).train()
 
 
 def ensure_stl(benchmark: str, cfg: RunConfig, out_dir: str | Path, *, resume: bool = False,
@@ -345,150 +335,151 @@ def ensure_stl(benchmark: str, cfg: RunConfig, out_dir: str | Path, *, resume: b
     return run_multitask(benchmark, "stl", cfg, out_dir, resume=resume, quiet=quiet)
 
 
-def _train(benchmark, method, cfg, opts, data: MultiTaskData, run_dir: Path, identity, stl, resume, say,
-           on_checkpoint) -> dict[str, Any]:
-    di = ddp.info()
-    specs = data.tasks
-    names = data.task_names
-    hib = data.higher_is_better()
-    device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda: no CUDA device is available here; use device=cpu")
-    reducer = ddp.GradReducer() if di.enabled else None
-    base_kw = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, seed=cfg.seed, reducer=reducer)
+class _MultiOutput:
+    """One multi-output run while it trains: model, stepper, per-unit best epochs, history, AU recorder."""
 
-    if method == "stl":
-        model = SingleTaskNets({t: build_model(data, cfg.seed, cfg.model, (t,)) for t in names}).to(device)
-        stepper = _STLStepper(model, specs, optimizer=cfg.optimizer, **base_kw)
-        units = {t: ((t,), model.nets[t]) for t in names}
-    else:
-        model = build_model(data, cfg.seed, cfg.model).to(device)
+    def __init__(self, run: Run, benchmark: str, method: str, cfg: RunConfig, opts: dict[str, Any],
+                 data: MultiTaskData, stl: dict[str, Any] | None):
+        self.run, self.benchmark, self.method, self.cfg, self.opts, self.data, self.stl = \
+            run, benchmark, method, cfg, opts, data, stl
+        self.names, self.specs = data.task_names, data.tasks
+        self.device = torch.device(cfg.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device=cuda: no CUDA device is available here; use device=cpu")
+        self.reducer = ddp.GradReducer() if ddp.info().enabled else None
+        self.model, self.stepper, self.units = self._build()
+        self.best: dict[str, dict[str, Any]] = {}
+        self.history: list[dict[str, Any]] = []
+        self.recorder: AURecorder | None = None
+        run.need_space(state_bytes(self.model.state_dict().values()))
+
+    def _build(self):
+        cfg, opts, specs, names, method = self.cfg, self.opts, self.specs, self.names, self.method
+        base_kw = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, seed=cfg.seed,
+                       reducer=self.reducer)
+        if method == "stl":
+            model = SingleTaskNets({t: build_model(self.data, cfg.seed, cfg.model, (t,)) for t in names})
+            model = model.to(self.device)
+            return model, _STLStepper(model, specs, optimizer=cfg.optimizer, **base_kw), \
+                {t: ((t,), model.nets[t]) for t in names}
+        model = build_model(self.data, cfg.seed, cfg.model).to(self.device)
         options = {k: v for k, v in opts.items() if k in METHOD_OPTIONS[method]}
         if method == "uw":
             options["kinds"] = opts["kinds"] or ["classification" if s.kind == "ce" else "regression" for s in specs]
         optimizer = opts["variant"] if method.startswith("adatask") else cfg.optimizer
         stepper = MultiTaskTrainer(model, {s.name: _loss_fn(s) for s in specs}, method, optimizer=optimizer,
                                    options=options, grad_mode=opts["grad_mode"], **base_kw)
-        units = {"all": (names, model)}
-    stl_val = stl["val_metrics"] if stl is not None else None
-    if di.is_main:  # room for a checkpoint (weights + optimizer moments, twice during the atomic rename)
-        need = 4 * sum(t.numel() * t.element_size() for t in model.state_dict().values())
-        prepare_out(run_dir, "--out", need_bytes=max(MIN_FREE_BYTES, need))
+        return model, stepper, {"all": (names, model)}
 
-    def score(unit: str, val: dict) -> float:
-        if method == "stl":
-            return _signed_primary(val[unit], next(s for s in specs if s.name == unit))
-        return delta_m(val, stl_val, hib)
+    def score(self, unit: str, val: dict) -> float:
+        if self.method == "stl":
+            return _signed_primary(val[unit], next(s for s in self.specs if s.name == unit))
+        return delta_m(val, self.stl["val_metrics"], self.data.higher_is_better())
 
-    train = data.train
-    n, B = len(train), cfg.batch_size
-    ckpt_path = run_dir / CHECKPOINT
-    start_epoch, history, elapsed = 0, [], 0.0
-    best: dict[str, dict[str, Any]] = {}
-    recorder: AURecorder | None = None
-    ckpt = None
-    if resume and ckpt_path.exists():
-        ckpt = check_multi_output(load_state(ckpt_path)[0], ckpt_path, identity, epochs=cfg.epochs)
-        with restoring(ckpt_path):
-            model.load_state_dict(ckpt["model"])
-        start_epoch, history, elapsed, best = ckpt["epoch"], ckpt["history"], ckpt["elapsed"], ckpt["best"]
-        say(f"[{method}] resuming at epoch {start_epoch}/{cfg.epochs} from {ckpt_path}")
+    def batch(self, idx: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        train = self.data.train
+        return train.x[idx].to(self.device), {t: v[idx].to(self.device) for t, v in train.y.items()}
 
-    def batch(idx: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        return train.x[idx].to(device), {t: v[idx].to(device) for t, v in train.y.items()}
+    def prepare(self, ckpt: dict[str, Any] | None) -> None:
+        """Build the optimizer (and the sharing) on the first batch, then restore the checkpoint, if any."""
+        first = ddp.shard(torch.arange(min(self.cfg.batch_size, len(self.data.train))), ddp.info())
+        self.stepper.prepare(*self.batch(first))
+        if self.opts.get("record_au"):
+            shared = [(nm, p) for nm, p in self.model.named_parameters() if nm in set(self.stepper.sharing.shared)]
+            if not shared:
+                raise ConfigError(f"{self.method}.record_au: the model has no shared parameters to record")
+            self.recorder = AURecorder.for_params(shared, len(self.names), _au_kind(self.method, self.cfg),
+                                                  lr=self.cfg.lr, gamma=self.opts["au_gamma"])
+            self.stepper.recorder = self.recorder
+        if ckpt is not None:
+            with restoring(self.run.checkpoint_path):
+                self.stepper.load_state_dict(ckpt["stepper"])
+                if self.recorder is not None and ckpt.get("au") is not None:
+                    self.recorder.load_state_dict(ckpt["au"])
+            torch.set_rng_state(ckpt["rng"])
 
-    # build the optimizer (and the sharing) on the first batch, then restore its state when resuming
-    first = ddp.shard(torch.arange(min(B, n)), di)
-    stepper.prepare(*batch(first))
-    if opts.get("record_au"):
-        shared = [(nm, p) for nm, p in model.named_parameters() if nm in set(stepper.sharing.shared)]
-        if not shared:
-            raise ConfigError(f"{method}.record_au: the model has no shared parameters to record")
-        recorder = AURecorder.for_params(shared, len(names), _au_kind(method, cfg), lr=cfg.lr, gamma=opts["au_gamma"])
-        stepper.recorder = recorder
-    if ckpt is not None:
-        with restoring(ckpt_path):
-            stepper.load_state_dict(ckpt["stepper"])
-        if recorder is not None and ckpt.get("au") is not None:
-            with restoring(ckpt_path):
-                recorder.load_state_dict(ckpt["au"])
-        torch.set_rng_state(ckpt["rng"])
+    def epoch(self, epoch: int) -> None:
+        """One shuffled pass (this rank's shards of the global batches), then validation and selection."""
+        names, n, B, di = self.names, len(self.data.train), self.cfg.batch_size, ddp.info()
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(task_seed(self.cfg.seed, 0,
+                                                                                   salt=100 + epoch)))
+        sums, steps = torch.zeros(len(names), dtype=torch.float64), 0
+        with progress.bar(-(-n // B), f"{self.method} epoch {epoch + 1}/{self.cfg.epochs}", quiet=self.run.quiet) as bar:
+            for s in range(0, n, B):
+                glob = perm[s:s + B]
+                idx = ddp.shard(glob, di)
+                if self.reducer is not None:
+                    self.reducer.set_shard(len(idx), len(glob))
+                losses = self.stepper.step(*self.batch(idx))
+                lv = torch.tensor([losses[t] for t in names], dtype=torch.float64)
+                if not torch.isfinite(lv).all():
+                    bad = names[int((~torch.isfinite(lv)).nonzero()[0])]
+                    raise TrainingError(f"{self.method}: the loss of task {bad!r} became non-finite in epoch "
+                                        f"{epoch + 1}; lower the learning rate (--set lr=...)")
+                sums += lv
+                steps += 1
+                bar.update(1)
+        self.stepper.end_epoch()
+        self.select(epoch, sums / max(steps, 1))
 
-    from taskshare.methods.base import task_seed
+    def select(self, epoch: int, mean_losses: Tensor) -> None:
+        val = evaluate(self.model, self.data.val, self.specs, self.cfg.eval_batch_size, self.device)
+        for unit, (tasks, module) in self.units.items():
+            sc = self.score(unit, val)
+            if unit not in self.best or sc > self.best[unit]["score"]:
+                self.best[unit] = {"epoch": epoch + 1, "score": sc, "state": _clone_state(module),
+                                   "val": {t: val[t] for t in tasks}}
+        entry = {"epoch": epoch + 1, "train_loss": dict(zip(self.names, mean_losses.tolist())),
+                 "val_metrics": val, "time_s": round(self.run.elapsed(), 3)}
+        if self.method != "stl":
+            entry["val_delta_m"] = self.score("all", val)
+        if getattr(self.stepper, "last_weights", None) is not None:
+            entry["loss_weights"] = dict(zip(self.names, self.stepper.last_weights))
+        self.history.append(entry)
+        self.run.say(f"[{self.method}] epoch {epoch + 1}/{self.cfg.epochs}: train loss "
+                     + " ".join(f"{t}={v:.4g}" for t, v in entry["train_loss"].items())
+                     + (f", val delta_m {entry['val_delta_m']:+.2f}%" if "val_delta_m" in entry else "")
+                     + f" ({entry['time_s']:.1f}s)")
 
-    start = time.perf_counter() - elapsed
-    model.train()
-    for epoch in range(start_epoch, cfg.epochs):
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(task_seed(cfg.seed, 0, salt=100 + epoch)))
-        sums = torch.zeros(len(names), dtype=torch.float64)
-        steps = 0
-        for s in range(0, n, B):
-            glob = perm[s:s + B]
-            idx = ddp.shard(glob, di)
-            if reducer is not None:
-                reducer.set_shard(len(idx), len(glob))
-            losses = stepper.step(*batch(idx))
-            lv = torch.tensor([losses[t] for t in names], dtype=torch.float64)
-            if not torch.isfinite(lv).all():
-                bad = names[int((~torch.isfinite(lv)).nonzero()[0])]
-                raise TrainingError(f"{method}: the loss of task {bad!r} became non-finite in epoch {epoch + 1}; "
-                                    "lower the learning rate (--set lr=...)")
-            sums += lv
-            steps += 1
-        stepper.end_epoch()
-        val = evaluate(model, data.val, specs, cfg.eval_batch_size, device)
-        for unit, (tasks, module) in units.items():
-            sc = score(unit, val)
-            if unit not in best or sc > best[unit]["score"]:
-                best[unit] = {"epoch": epoch + 1, "score": sc, "state": _clone_state(module),
-                              "val": {t: val[t] for t in tasks}}
-        entry = {"epoch": epoch + 1, "train_loss": dict(zip(names, (sums / max(steps, 1)).tolist())),
-                 "val_metrics": val, "time_s": round(time.perf_counter() - start, 3)}
-        if method != "stl":
-            entry["val_delta_m"] = score("all", val)
-        if getattr(stepper, "last_weights", None) is not None:
-            entry["loss_weights"] = dict(zip(names, stepper.last_weights))
-        history.append(entry)
-        say(f"[{method}] epoch {epoch + 1}/{cfg.epochs}: train loss "
-            + " ".join(f"{t}={v:.4g}" for t, v in entry["train_loss"].items())
-            + (f", val delta_m {entry['val_delta_m']:+.2f}%" if "val_delta_m" in entry else "")
-            + f" ({entry['time_s']:.1f}s)")
-        state = {"identity": identity, "epoch": epoch + 1, "model": model.state_dict(),
-                 "stepper": stepper.state_dict(), "best": best, "history": history,
-                 "elapsed": time.perf_counter() - start, "rng": torch.get_rng_state(),
-                 "au": recorder.state_dict() if recorder is not None else None}
-        if di.is_main:
-            save_state(ckpt_path, state)
-        ddp.barrier()
-        if on_checkpoint is not None:
-            on_checkpoint(ckpt_path, epoch + 1)
+    def state(self, epoch: int) -> dict[str, Any]:
+        return {"epoch": epoch, "model": self.model.state_dict(), "stepper": self.stepper.state_dict(),
+                "best": self.best, "history": self.history, "rng": torch.get_rng_state(),
+                "au": self.recorder.state_dict() if self.recorder is not None else None}
 
-    # the selected epoch(s): validation only
-    for unit, (_, module) in units.items():
-        module.load_state_dict(best[unit]["state"])
-    test = evaluate(model, data.test, specs, cfg.eval_batch_size, device)
-    val_metrics = {t: v for unit in units for t, v in best[unit]["val"].items()}
-    time_s = time.perf_counter() - start
-    results = _results(benchmark, method, cfg, opts, data, model, units, best, test, val_metrics, history,
-                       stl, identity, time_s, run_dir, recorder, di.is_main)
-    if di.is_main:
-        atomic_write_json(run_dir / "results.json", results)
-        if ckpt_path.exists():
-            ckpt_path.unlink()
-        if recorder is not None:
-            _au_compare(run_dir.parent)
-    ddp.barrier()
-    dm = results.get("delta_m")
-    say(f"[{method}] test " + "; ".join(f"{t}: " + ", ".join(f"{m}={v:.4f}" for m, v in ms.items())
-                                        for t, ms in test.items())
-        + (f"; delta_m {dm:+.2f}%" if dm is not None else "") + f"; wrote {run_dir / 'results.json'}")
-    return results
+    def train(self) -> dict[str, Any]:
+        run, cfg = self.run, self.cfg
+        ckpt = run.checkpoint(check_multi_output, epochs=cfg.epochs)
+        start_epoch = 0
+        if ckpt is not None:
+            with restoring(run.checkpoint_path):
+                self.model.load_state_dict(ckpt["model"])
+            start_epoch, self.history, self.best = ckpt["epoch"], ckpt["history"], ckpt["best"]
+            run.say(f"[{self.method}] resuming at epoch {start_epoch}/{cfg.epochs} from {run.checkpoint_path}")
+        self.prepare(ckpt)
+        self.model.train()
+        for epoch in range(start_epoch, cfg.epochs):
+            self.epoch(epoch)
+            run.save(lambda: self.state(epoch + 1), epoch + 1)
+        for unit, (_, module) in self.units.items():  # the selected epoch(s): validation only
+            module.load_state_dict(self.best[unit]["state"])
+        test = evaluate(self.model, self.data.test, self.specs, cfg.eval_batch_size, self.device)
+        val_metrics = {t: v for unit in self.units for t, v in self.best[unit]["val"].items()}
+        results = run.finish(lambda: _results(self, test, val_metrics, True), _summary)
+        if ddp.info().is_main and self.recorder is not None:
+            _au_compare(run.run_dir.parent)
+        return results
 
 
-def _results(benchmark, method, cfg, opts, data, model, units, best, test, val_metrics, history, stl, identity,
-             time_s, run_dir, recorder, write) -> dict[str, Any]:
-    from taskshare.engine.run import peak_rss_mb, versions
+def _summary(r: dict[str, Any]) -> str:
+    dm = r.get("delta_m")
+    return ("test " + "; ".join(f"{t}: " + ", ".join(f"{m}={v:.4f}" for m, v in ms.items())
+                                for t, ms in r["task_metrics"].items())
+            + (f"; delta_m {dm:+.2f}%" if dm is not None else ""))
 
+
+def _results(r: _MultiOutput, test, val_metrics, write: bool) -> dict[str, Any]:
+    benchmark, method, cfg, opts, data, model, best, history, stl, recorder, run_dir = (
+        r.benchmark, r.method, r.cfg, r.opts, r.data, r.model, r.best, r.history, r.stl, r.recorder, r.run.run_dir)
     names = list(data.task_names)
     hib = data.higher_is_better()
     art = run_dir / "artifacts"
@@ -524,13 +515,12 @@ def _results(benchmark, method, cfg, opts, data, model, units, best, test, val_m
         "stl_baseline": None, "delta_m": None, "val_delta_m": None,
         "params": {"base": base, "added_per_task": added, "total": base + sum(added)},
         "artifact_bytes": sizes,
-        "time_s": round(time_s, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
-        "world_size": ddp.info().world_size,
+        **r.run.run_fields(),
         "optimizer": (f"adatask-{opts['variant']}" if method.startswith("adatask") else cfg.optimizer),
         "method_options": opts,
         "data": {"train": len(data.train), "val": len(data.val), "test": len(data.test), **data.source},
         "history": history,
-        "config": cfg.to_dict(), "identity": identity, "versions": versions(),
+        "config": cfg.to_dict(), "identity": r.run.identity, "versions": versions(),
     }
     if stl is not None:
         res["stl_baseline"] = {"path": "../stl/results.json", "method": "stl",  # relative to this folder

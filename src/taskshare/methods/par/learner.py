@@ -10,9 +10,11 @@ linear head per task. For each new task t (official code WenjinW/PAR@5539e08, ``
    three tiers (0.5 / 0.75): reuse e*, allocate a new expert with e*'s genotype, allocate with search.
    Task 0 always searches. Every task's decision is appended to ``decisions`` (for results.json):
    ``{task, index, action, expert, closest, scores, relatedness, reuse, reuse_from, unit, unit_from,
-   genotype_from, ..., added_params, added_buffers}`` (search wall times: ``timing.par_search_s``) (``action`` is always the routing tier;
+   genotype_from, ..., added_params, added_buffers}`` (``action`` is always the routing tier;
    ``unit`` says what was allocated: ``expert``, ``patch``/``taps`` (below), None for a reuse;
-   ``added_*`` are written at the task's end).
+   ``added_*`` are written at the task's end). Decisions hold no wall times, so they (and the artifacts
+   that carry them) are byte-reproducible; each search's seconds go to results.json's
+   ``timing.par_search_s`` (`extra_results`).
 3. **Regularized reuse** of e*: if N_t < 0.5 · N_max(e*) (the largest training set on e*), only the new
    head is trained, the expert frozen in eval mode (zero forgetting). Otherwise the expert is fine-tuned
    together with the new head (**transfer**), with LwF-style distillation on the heads of e*'s earlier tasks
@@ -313,15 +315,15 @@ class PAR(Learner):
 
     # ----------------------------------------------------------------------------------- relatedness
     def _split_features(self, task, fn) -> tuple[torch.Tensor, torch.Tensor, str]:
-        bs = self.cfg.eval_batch_size
+        bs, desc = self.cfg.eval_batch_size, f"PAR relatedness, task {task.name}"
         if len(task.val):
-            f, y = extract_features(fn, task.val, bs, self.device)
+            f, y = extract_features(fn, task.val, bs, self.device, desc)
             counts = torch.bincount(y)
             if int(counts[counts > 0].min()) >= 2:
                 return f, y, "val"
-            ft, yt = extract_features(fn, task.train, bs, self.device)
+            ft, yt = extract_features(fn, task.train, bs, self.device, desc)
             return torch.cat([f, ft]), torch.cat([y, yt]), "train+val"
-        f, y = extract_features(fn, task.train, bs, self.device)
+        f, y = extract_features(fn, task.train, bs, self.device, desc)
         return f, y, "train"
 
     def _expert_fn(self, expert: Expert, task: str) -> Extractor:

@@ -170,11 +170,11 @@ def make_extractor(name: str, input_shape: tuple[int, ...], *, image_size: int |
     raise ConfigError(f"unknown relatedness extractor {name!r}: choose auto, mobilenetv2, raw (or expert in PAR)")
 
 
-def extract_features(extractor: Extractor, dataset, batch_size: int = 512,
-                     device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """(features (N, d) float32 on CPU, labels (N,)) of a TensorDataset, in batches."""
+def extract_features(extractor: Extractor, dataset, batch_size: int = 512, device: torch.device | str = "cpu",
+                     desc: str = "relatedness features") -> tuple[torch.Tensor, torch.Tensor]:
+    """(features (N, d) float32 on CPU, labels (N,)) of a TensorDataset, in batches (a progress bar `desc`)."""
     feats, labels = [], []
-    with progress.bar(-(-len(dataset) // batch_size), "relatedness features") as bar:
+    with progress.bar(-(-len(dataset) // batch_size), desc) as bar:
         for x, y in dataset.batches(batch_size, shuffle=False):
             with torch.inference_mode():
                 feats.append(extractor(x.to(device)).float().flatten(1).cpu())
@@ -237,9 +237,10 @@ def relatedness_report(stream, out_dir: str | os.PathLike, extractor: str | Extr
             raise ConfigError("extractor=expert needs trained PAR experts: use auto, mobilenetv2 or raw here")
         fn, name = make_extractor(extractor, tasks[0].input_shape, image_size=image_size, device=device)
     data = []
-    for t in tasks:
+    for i, t in enumerate(tasks):
         split = t.val if len(t.val) else t.train
-        data.append(extract_features(fn, split, batch_size, device))
+        data.append(extract_features(fn, split, batch_size, device,
+                                     desc=f"relatedness features, task {i + 1}/{len(tasks)} ({t.name})"))
     m = relatedness_matrix(data, loo=loo, zero_is_unrelated=zero_is_unrelated)
     names = [t.name for t in tasks]
     width = max(8, *(len(n) for n in names))
