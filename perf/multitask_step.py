@@ -30,7 +30,7 @@ from torch import nn
 
 from taskshare.methods.multioutput import METHODS, MultiOutputNet, MultiTaskTrainer, per_task_gradients
 from taskshare.methods.multioutput.gradients import choose_mode
-from taskshare.engine.multioutput import LeNet, _mlp
+from taskshare.methods.multioutput.networks import LeNet, mlp as _mlp
 
 KS = (2, 3, 10)
 BATCH = 128

@@ -8,7 +8,7 @@ import torch
 
 from taskshare.errors import ConfigError, DataError
 from taskshare.data import multioutput as B
-from taskshare.engine.multioutput import build_model
+from taskshare.methods.multioutput.networks import build_model
 
 
 def _has(pkg: str) -> bool:

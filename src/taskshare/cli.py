@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 def _config(args):
     from taskshare.config import build_config, load_file, merge, parse_set
     from taskshare.methods import method_options
-    from taskshare.engine.multioutput import multitask_method_options
+    from taskshare.methods.multioutput.options import multitask_method_options
 
     raw = load_file(args.config) if args.config else {}
     raw = merge(raw, parse_set(args.sets))
@@ -152,7 +152,7 @@ def _setting_hint(method: str) -> str:
     """' (a multi-output method: ...)' when `method` exists in the other setting."""
     from taskshare.methods import METHODS
     from taskshare.data.multioutput import MULTITASK_BENCHMARKS
-    from taskshare.engine.multioutput import MULTITASK_METHODS
+    from taskshare.methods.multioutput.options import MULTITASK_METHODS
 
     if method in MULTITASK_METHODS and method not in METHODS:
         return f" here (it is a multi-output method: run it on {', '.join(MULTITASK_BENCHMARKS)})"
@@ -208,7 +208,7 @@ def cmd_list(args) -> int:
     for name, cls in METHODS.items():
         print(f"  {name:<22} {cls.description}")
     from taskshare.data.multioutput import MULTITASK_BENCHMARKS
-    from taskshare.engine.multioutput import MULTITASK_METHODS
+    from taskshare.methods.multioutput.options import MULTITASK_METHODS
 
     print("multi-task benchmarks (one input, several outputs):")
     for name, spec in MULTITASK_BENCHMARKS.items():

@@ -41,15 +41,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import sys
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from taskshare import progress
@@ -59,174 +56,22 @@ from taskshare.core.serialize import read_json, save_tensors
 from taskshare.engine.run import CHECKPOINT, Run, identity, state_bytes, versions
 from taskshare.methods.base import task_seed
 from taskshare.engine import distributed as ddp
-from taskshare.config import RunConfig, check_options
+from taskshare.config import RunConfig
 from taskshare.errors import ConfigError, TrainingError
-from taskshare.methods.multioutput.adatask import VARIANTS
 from taskshare.methods.multioutput.au import AURecorder, plot_au
 from taskshare.data.multioutput import (
     MULTITASK_BENCHMARKS, MultiTaskData, Split, TaskSpec, benchmark_options, build_multitask, compute_metrics,
 )
-from taskshare.methods.multioutput.model import MultiOutputNet
-from taskshare.methods.multioutput.trainer import METHOD_OPTIONS, METHODS, MultiTaskTrainer
+from taskshare.methods.multioutput.networks import SingleTaskNets, build_model
+from taskshare.methods.multioutput.options import MULTITASK_METHODS, method_options
+from taskshare.methods.multioutput.stl import STLStepper, loss_fn
+from taskshare.methods.multioutput.trainer import METHOD_OPTIONS, MultiTaskTrainer
 from taskshare.results.metrics import delta_m
 
 __all__ = [
-    "MULTITASK_METHODS", "build_model", "evaluate", "multitask_method_options", "multitask_table",
+    "MULTITASK_METHODS", "evaluate", "method_options", "multitask_table",
     "run_multitask",
 ]
-
-MULTITASK_METHODS: dict[str, str] = {
-    **METHODS, "stl": "single-task baselines: one network per task, same code and settings (Δm reference)"}
-# options every multi-task method accepts besides its own (METHOD_OPTIONS)
-COMMON_OPTIONS: dict[str, Any] = {"record_au": False, "au_gamma": 0.999, "grad_mode": "auto"}
-
-
-# ------------------------------------------------------------------------------------------ options
-
-def _defaults(method: str) -> dict[str, Any]:
-    if method == "stl":
-        return {}
-    d = dict(METHOD_OPTIONS[method])
-    if method == "uw":
-        d["kinds"] = None                   # None: from the benchmark's loss kinds (ce -> classification)
-    if method.startswith("adatask"):
-        d["variant"] = "adam"
-    d.update(COMMON_OPTIONS)
-    return d
-
-
-def _options_class(method: str) -> type:
-    fields = []
-    for k, v in _defaults(method).items():
-        tp = Any if v is None or k == "kinds" else type(v)
-        fields.append((k, tp, dataclasses.field(default=v)))
-    name = "".join(p.capitalize() for p in method.replace("+", "_").split("_")) + "Options"
-    return dataclasses.make_dataclass(name, fields)
-
-
-_OPTION_CLASSES = {m: _options_class(m) for m in MULTITASK_METHODS}
-
-
-def multitask_method_options() -> dict[str, type]:
-    """Section name -> options dataclass of every multi-task method (for ``build_config``)."""
-    return dict(_OPTION_CLASSES)
-
-
-def method_options(method: str, cfg: RunConfig) -> dict[str, Any]:
-    """``cfg.methods[method]`` validated (one-line ConfigError naming the valid options) with defaults."""
-    if method not in MULTITASK_METHODS:
-        raise ConfigError(f"unknown multi-task method {method!r}; choose from {', '.join(MULTITASK_METHODS)}")
-    opts = dataclasses.asdict(check_options(_OPTION_CLASSES[method], dict(cfg.methods.get(method, {})), method))
-    if "variant" in opts and opts["variant"] not in VARIANTS:
-        raise ConfigError(f"{method}.variant={opts['variant']!r} unknown; use one of {', '.join(VARIANTS)}")
-    return opts
-
-
-# ------------------------------------------------------------------------------------------ models
-
-class LeNet(nn.Sequential):
-    """Sener & Koltun's MultiMNIST encoder: conv5(10)-pool-conv5(20)-pool-FC(50), ReLU (no BatchNorm)."""
-
-    def __init__(self, input_shape: tuple[int, ...]):
-        c, h, w = input_shape
-        flat = 20 * (((h - 4) // 2 - 4) // 2) * (((w - 4) // 2 - 4) // 2)
-        super().__init__(OrderedDict([
-            ("conv1", nn.Conv2d(c, 10, 5)), ("relu1", nn.ReLU()), ("pool1", nn.MaxPool2d(2)),
-            ("conv2", nn.Conv2d(10, 20, 5)), ("relu2", nn.ReLU()), ("pool2", nn.MaxPool2d(2)),
-            ("flatten", nn.Flatten()), ("fc", nn.Linear(flat, 50)), ("relu3", nn.ReLU())]))
-        self.out_dim = 50
-
-
-def _mlp(in_dim: int, hidden: tuple[int, ...]) -> nn.Sequential:
-    """Flatten + Linear/ReLU layers named fc1, fc2, ... (the AU plot's layer names)."""
-    layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
-    for i, h in enumerate(hidden, 1):
-        layers += [(f"fc{i}", nn.Linear(in_dim, h)), (f"relu{i}", nn.ReLU())]
-        in_dim = h
-    seq = nn.Sequential(OrderedDict(layers))
-    seq.out_dim = in_dim
-    return seq
-
-
-def _encoder(data: MultiTaskData, kind: str) -> nn.Module:
-    shape = data.input_shape
-    if kind == "cnn":
-        if len(shape) != 3 or min(shape[1:]) < 16:
-            raise ConfigError(f"model=cnn needs image inputs (C, H, W) of at least 16x16; {data.name} has "
-                              f"{shape}: use model=mlp")
-        return LeNet(shape)
-    return _mlp(math.prod(shape), tuple(data.hidden) or (256, 128))
-
-
-def build_model(data: MultiTaskData, seed: int, model: str = "auto",
-                tasks: tuple[str, ...] | None = None) -> MultiOutputNet:
-    """Shared encoder + one linear head per task, initialised from ``seed`` only (the encoder from one seed,
-    head k from (seed, k)), so an STL network for task k starts exactly as the multi-task one."""
-    from taskshare.methods.base import task_seed
-
-    kind = data.encoder if model == "auto" else model
-    if kind not in ("mlp", "cnn"):
-        raise ConfigError(f"model={model!r} is not available for multi-task benchmarks; use auto, mlp or cnn")
-    specs = [t for t in data.tasks if tasks is None or t.name in tasks]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(task_seed(seed, 0, salt=1))
-        enc = _encoder(data, kind)
-        heads = {}
-        for k, spec in enumerate(data.tasks):
-            torch.manual_seed(task_seed(seed, k, salt=2))
-            head = nn.Linear(enc.out_dim, spec.out_dim)
-            if spec in specs:
-                heads[spec.name] = head
-    return MultiOutputNet(enc, heads)
-
-
-class SingleTaskNets(nn.Module):
-    """One ``MultiOutputNet`` per task; ``forward(x)`` gives {task: output} like a multi-output model."""
-
-    def __init__(self, nets: Mapping[str, MultiOutputNet]):
-        super().__init__()
-        self.nets = nn.ModuleDict(dict(nets))
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        return {t: net(x)[t] for t, net in self.nets.items()}
-
-
-def _loss_fn(spec: TaskSpec) -> Callable[[Tensor, Tensor], Tensor]:
-    if spec.kind == "ce":
-        return F.cross_entropy
-    return lambda out, y: F.mse_loss(out[:, 0], y)
-
-
-# ------------------------------------------------------------------------------------------ steppers
-
-class _STLStepper:
-    """K independent single-task trainers (method ew with one task) stepped on the same batches."""
-
-    def __init__(self, nets: SingleTaskNets, specs: tuple[TaskSpec, ...], **kw):
-        self.trainers = {s.name: MultiTaskTrainer(nets.nets[s.name], {s.name: _loss_fn(s)}, "ew", **kw)
-                         for s in specs}
-        self.last_weights = None
-
-    def prepare(self, x, ys):
-        for t, tr in self.trainers.items():
-            tr.prepare(x, {t: ys[t]})
-
-    def step(self, x, ys) -> dict[str, float]:
-        out = {}
-        for t, tr in self.trainers.items():
-            out.update(tr.step(x, {t: ys[t]}))
-        return out
-
-    def end_epoch(self):
-        pass
-
-    def state_dict(self):
-        return {t: tr.state_dict() for t, tr in self.trainers.items()}
-
-    def load_state_dict(self, state):
-        for t, tr in self.trainers.items():
-            tr.load_state_dict(state[t])
-
 
 # ------------------------------------------------------------------------------------------ evaluation
 
@@ -360,14 +205,14 @@ class _MultiOutput:
         if method == "stl":
             model = SingleTaskNets({t: build_model(self.data, cfg.seed, cfg.model, (t,)) for t in names})
             model = model.to(self.device)
-            return model, _STLStepper(model, specs, optimizer=cfg.optimizer, **base_kw), \
+            return model, STLStepper(model, specs, optimizer=cfg.optimizer, **base_kw), \
                 {t: ((t,), model.nets[t]) for t in names}
         model = build_model(self.data, cfg.seed, cfg.model).to(self.device)
         options = {k: v for k, v in opts.items() if k in METHOD_OPTIONS[method]}
         if method == "uw":
             options["kinds"] = opts["kinds"] or ["classification" if s.kind == "ce" else "regression" for s in specs]
         optimizer = opts["variant"] if method.startswith("adatask") else cfg.optimizer
-        stepper = MultiTaskTrainer(model, {s.name: _loss_fn(s) for s in specs}, method, optimizer=optimizer,
+        stepper = MultiTaskTrainer(model, {s.name: loss_fn(s) for s in specs}, method, optimizer=optimizer,
                                    options=options, grad_mode=opts["grad_mode"], **base_kw)
         return model, stepper, {"all": (names, model)}
 
