@@ -2,7 +2,7 @@
 # Reproduces "## Transfer: model patches and TAPS (issues 3, 4)" in RESULTS.md: seed 0, SGD lr 0.01 momentum 0.9
 # (the defaults) for every method. One `taskshare run` per method (each under ~15 min on 2 busy CPU cores);
 # with --resume, finished runs are kept, so the script can be rerun after a stop. Then it prints the markdown
-# tables and writes docs/img/taps_layers_*.png (taps_report.plot_layers) and docs/img/taps_lambda_sweep.png.
+# tables and writes docs/img/taps_layers_*.png (methods/taps/report.py plot_layers) and docs/img/taps_lambda_sweep.png.
 # Nothing is selected on test: TAPS's lambda for the main tables was fixed beforehand (the sweep is a curve).
 # Usage: scripts/results-transfer.sh [images|text|textlong|lifelong|sweep|dwlr|tables ...]   (default: all, in this order)
 set -euo pipefail
@@ -68,7 +68,7 @@ from taskshare.core.artifacts import read_sidecar
 from taskshare.core.serialize import load_tensors
 from taskshare.config import RunConfig, check_options
 from taskshare.methods.taps import Taps, import_task
-from taskshare.methods.taps_report import format_summary, plot_layers, summary
+from taskshare.methods.taps.report import format_summary, plot_layers, summary
 
 out = Path(os.environ["OUT"])
 load = lambda d: json.load(open(d / "results.json"))

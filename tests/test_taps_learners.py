@@ -22,7 +22,7 @@ from taskshare.methods.taps import (
     active_layers,
     import_task,
 )
-from taskshare.methods.taps_report import (
+from taskshare.methods.taps.report import (
     format_summary,
     layer_table,
     plot_layers,

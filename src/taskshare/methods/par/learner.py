@@ -127,7 +127,7 @@ from taskshare.methods.par.search import search
 from taskshare.methods.par.tensors import ArtifactView, PARTensors
 from taskshare.methods.par.units import (LAYOUTS, UNIT_KINDS, convert, gate, is_taps_slot, kd_groups, layout_slots,
                                          leaf, unit_trainable)
-from taskshare.methods.taps import PENALTIES, SCORE_INIT, active_layers, gated_layers, layer_sizes, penalty
+from taskshare.methods.blocks.gating import PENALTIES, SCORE_INIT, active_layers, gated_layers, layer_sizes, penalty
 from taskshare.models import HEAD_SLOTS, head_logits, new_head
 
 BN_MODES = ("frozen", "task", "shared")
@@ -163,7 +163,7 @@ class Options:
     clip_grad: float = 10.0           # gradient-norm clipping in training (official 10; 0: off)
     unit: str = "expert"              # allocation unit: expert (paper) | patch | taps (beyond the paper)
     taps_lambda: float = 1.0          # unit=taps: lambda of the TAPS sparsity penalty (TAPS default 1)
-    taps_penalty: str = "official"    # unit=taps: official (sum|s|/52) | size-weighted (see methods/taps.py)
+    taps_penalty: str = "official"    # unit=taps: official (sum|s|/52) | size-weighted (see methods/taps/)
     taps_warmup_epochs: int = 0       # unit=taps: penalty off in the unit's first epochs
     score_units: bool = False         # units count in their expert's score S_e (default: owner + reusers only)
 
@@ -462,7 +462,7 @@ class PAR(Learner):
         self.optimizer = make_optimizer(self._params, self.cfg)
 
     def _unit_optimizer(self, expert: Expert, task: str) -> torch.optim.Optimizer:
-        """The unit's parameters; TAPS deltas and scores are never weight-decayed (as in `methods/taps.py`)."""
+        """The unit's parameters; TAPS deltas and scores are never weight-decayed (as in `methods/taps/learner.py`)."""
         decayed, undecayed = [], []
         for n, t in expert.tt.tensors(task).items():
             if expert.tt.is_param(n) and t.requires_grad:
@@ -483,7 +483,7 @@ class PAR(Learner):
         self._seen = epoch * self._epoch_size
 
     def unit_penalty(self) -> torch.Tensor:
-        """unit=taps: lambda·R(s) of the current task's scores (`taskshare.methods.taps.penalty`)."""
+        """unit=taps: lambda·R(s) of the current task's scores (`taskshare.methods.blocks.gating.penalty`)."""
         o = self.options
         return penalty(torch.stack(self._scores), self._sizes, o.taps_lambda, o.taps_penalty)
 

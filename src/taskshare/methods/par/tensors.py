@@ -28,7 +28,7 @@ import hashlib
 import torch
 
 from taskshare.methods.par.units import is_taps_slot, leaf
-from taskshare.methods.taps import active_layers
+from taskshare.methods.blocks.gating import active_layers
 from taskshare.models import HEAD_SLOTS
 
 _BUFFER_LEAVES = ("running_mean", "running_var", "num_batches_tracked")

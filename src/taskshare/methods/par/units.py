@@ -12,7 +12,7 @@ expert     the head (+ the BN running statistics with ``bn="task"``): the paper'
 patch      the head + every BatchNorm's scale, bias and running statistics (a scale-bias+head
            model patch, `taskshare.methods.patches`)
 taps       the patch slots + each convolution's TAPS ``delta`` and ``score`` (the expert's
-           convolutions are gated in place by `taskshare.methods.taps.gate_layers`)
+           convolutions are gated in place by `taskshare.methods.blocks.gating.gate_layers`)
 =========  ==================================================================================
 
 Each layout holds the previous one's slots. `convert` rebuilds an expert's TaskTensors with a larger
@@ -29,7 +29,7 @@ from torch import nn
 from taskshare.core import TaskTensors
 from taskshare.methods.par.expert import bn_buffer_names
 from taskshare.methods.patches import patch_slots
-from taskshare.methods.taps import DEFAULT_LAYER_TYPES, SCORE_INIT, TAU, gate_layers, gated_layers, taps_slots
+from taskshare.methods.blocks.gating import DEFAULT_LAYER_TYPES, SCORE_INIT, TAU, gate_layers, gated_layers, taps_slots
 from taskshare.models import HEAD_SLOTS
 
 LAYOUTS = ("expert", "patch", "taps")   # each includes the previous one's slots

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from taskshare.core.serialize import save_figure
-from taskshare.methods.taps import _tt, active_layers, gated_layers, layer_sizes, scores
+from taskshare.methods.blocks.gating import active_layers, gated_layers, layer_sizes, scores, task_tensors as _tt
 
 __all__ = ["layer_table", "task_summary", "summary", "format_summary", "plot_layers"]
 

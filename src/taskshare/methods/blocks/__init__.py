@@ -1,0 +1,2 @@
+"""Building blocks that any method may use, below the methods themselves (methods import blocks, never
+each other): TAPS's gated layer and sparsity penalty (`gating`)."""

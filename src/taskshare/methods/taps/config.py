@@ -1,0 +1,91 @@
+"""TAPS options: sequential (`taps`), joint (`taps-joint`) and two-stage (`taps-two-stage`)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+from taskshare.errors import ConfigError
+from taskshare.methods.blocks.gating import DEFAULT_LAYER_TYPES, LAYER_TYPES, LR_SCHEDULES, PENALTIES, SCORE_INIT, TAU
+
+__all__ = ["TapsOptions", "TapsJointOptions", "TapsTwoStageOptions"]
+
+
+def _check_common(o, section: str) -> None:
+    if o.penalty not in PENALTIES:
+        raise ConfigError(f"{section}.penalty={o.penalty!r} is unknown: choose one of {', '.join(PENALTIES)}")
+    if not (math.isfinite(o.lambda_) and o.lambda_ >= 0):
+        raise ConfigError(f"{section}.lambda must be >= 0, got {o.lambda_}")
+    if not (math.isfinite(o.tau) and o.tau > 0):
+        raise ConfigError(f"{section}.tau must be > 0 (the L1 penalty pulls scores to 0), got {o.tau}")
+    if not math.isfinite(o.score_init):
+        raise ConfigError(f"{section}.score_init must be a finite number, got {o.score_init}")
+    if o.warmup_epochs < 0:
+        raise ConfigError(f"{section}.warmup_epochs must be >= 0, got {o.warmup_epochs}")
+    if o.bn_samples < 0:
+        raise ConfigError(f"{section}.bn_samples must be >= 0, got {o.bn_samples}")
+    if o.accumulate < 1:
+        raise ConfigError(f"{section}.accumulate must be >= 1 (batches per optimizer step), got {o.accumulate}")
+    if o.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"{section}.lr_schedule={o.lr_schedule!r} is unknown: choose one of "
+                          f"{', '.join(LR_SCHEDULES)}")
+    if not o.OFFICIAL_MECHANICS and (o.accumulate != 1 or o.lr_schedule != "constant"):
+        raise ConfigError(f"{section}.accumulate and {section}.lr_schedule are the official sequential script's "
+                          "mechanics and only supported by method taps: leave them at 1 and constant")
+    if o.backbone not in o.BACKBONES:
+        raise ConfigError(f"{section}.backbone={o.backbone!r} is not valid: choose one of {', '.join(o.BACKBONES)}")
+    bad = [t for t in o.layer_types if t not in LAYER_TYPES]
+    if bad or not o.layer_types:
+        raise ConfigError(f"{section}.layer_types has {bad[0] if bad else 'no types'!r}: choose from "
+                          f"{', '.join(LAYER_TYPES)}, e.g. --set {section}.layer_types=[Conv2d,Linear]")
+
+
+@dataclass
+class TapsOptions:
+    """Sequential TAPS (``--set taps.<option>=...``; ``lambda`` sets ``lambda_``)."""
+
+    lambda_: float = 1.0                 # λ (official default --lam 1; README CUB example 0.1)
+    penalty: str = "official"            # official (Σ|s|/52) | size-weighted (Σ|W_i||s_i| / Σ|W_i|)
+    tau: float = TAU                     # gate threshold, inclusive
+    score_init: float = SCORE_INIT
+    warmup_epochs: int = 3               # penalty off in epochs 0..warmup_epochs-1 (official --warmup_epochs 2)
+    layer_types: tuple[str, ...] = DEFAULT_LAYER_TYPES
+    backbone: str = "auto"               # auto | first-task | model (see the module docstring)
+    bn_samples: int = 0                  # sequential taps: re-estimate the task's BN statistics at its end on
+                                         # this many training samples (0: off, the running averages are kept)
+    accumulate: int = 1                  # official-compat (sequential taps only): sum the gradients of the
+                                         # batches, step after batch i of an epoch when i % accumulate == 0
+                                         # (official 8); the leftover carries into the next epoch
+    lr_schedule: str = "constant"        # constant | cosine (official-compat, sequential taps only: per-epoch
+                                         # cosine over each task, last epoch at lr 0)
+
+    SECTION: ClassVar[str] = "taps"
+    BACKBONES: ClassVar[tuple[str, ...]] = ("auto", "first-task", "model")
+    OFFICIAL_MECHANICS: ClassVar[bool] = True  # accumulate / lr_schedule supported
+
+    def __post_init__(self) -> None:
+        self.layer_types = (self.layer_types,) if isinstance(self.layer_types, str) else tuple(self.layer_types)
+        _check_common(self, self.SECTION)
+
+
+@dataclass
+class TapsJointOptions(TapsOptions):
+    """Joint TAPS: the base (the model as built) is trained with all tasks."""
+
+    backbone: str = "model"
+    SECTION: ClassVar[str] = "taps-joint"
+    BACKBONES: ClassVar[tuple[str, ...]] = ("model",)
+    OFFICIAL_MECHANICS: ClassVar[bool] = False
+
+
+@dataclass
+class TapsTwoStageOptions(TapsJointOptions):
+    """Two-stage TAPS: `joint_epochs` of multi-head joint training, then TAPS (default: half the epochs)."""
+
+    joint_epochs: int | None = None
+    SECTION: ClassVar[str] = "taps-two-stage"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.joint_epochs is not None and self.joint_epochs < 1:
+            raise ConfigError(f"{self.SECTION}.joint_epochs must be >= 1, got {self.joint_epochs}")
