@@ -9,7 +9,7 @@ from torch import nn
 from taskshare.core import load_task, save_task
 from taskshare.methods import METHODS, PATCH_ALIASES
 from taskshare.methods.lifelong.ewc import EWC, diagonal_fisher
-from taskshare.methods.lifelong.lwf import distillation
+from taskshare.methods.blocks.distillation import distillation
 from taskshare.models import TaskNet
 
 # PAR has no single base network (each expert is its own TaskTensors; see methods/par/tensors.py). It joins

@@ -14,7 +14,7 @@ from taskshare.config import RunConfig, check_options
 from taskshare.engine.lifelong import run_method
 from taskshare.errors import ConfigError, TaskshareError
 from taskshare.methods import METHODS
-from taskshare.methods.lifelong.lwf import distillation
+from taskshare.methods.blocks.distillation import distillation
 from taskshare.methods.par import PAR, Options, kd_loss
 from taskshare.methods.par.expert import ExpertNet
 

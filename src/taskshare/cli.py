@@ -220,7 +220,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from taskshare.methods.patches import inspect_backbone
+    from taskshare.methods.patches.inspect import inspect_backbone
 
     if not 1 <= args.classes <= 1_000_000:
         raise TaskshareError(f"--classes must be between 1 and 1000000, got {args.classes}")

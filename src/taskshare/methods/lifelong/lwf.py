@@ -17,8 +17,8 @@ import copy
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from taskshare.methods.blocks.distillation import distillation
 from taskshare.methods.base import SharedBackboneLearner
 from taskshare.models import head_logits
 
@@ -32,12 +32,6 @@ class Options:
     def __post_init__(self):
         if self.temperature <= 0 or self.alpha < 0:
             raise ValueError("temperature must be > 0 and alpha >= 0")
-
-
-def distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Soft cross-entropy between temperature-softened teacher and student, mean over the batch."""
-    target = F.softmax(teacher / temperature, dim=1)
-    return -(target * F.log_softmax(student / temperature, dim=1)).sum(1).mean()
 
 
 class LwF(SharedBackboneLearner):

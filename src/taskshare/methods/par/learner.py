@@ -118,7 +118,7 @@ from taskshare.core.artifacts import artifact_paths, read_artifact
 from taskshare.data.datasets import stratified_order
 from taskshare.errors import ArtifactError, ConfigError, TaskshareError
 from taskshare.methods.base import Learner, make_optimizer, task_seed, train_mode
-from taskshare.methods.lifelong.lwf import distillation
+from taskshare.methods.blocks.distillation import distillation
 from taskshare.methods.par.expert import ExpertNet, Genotype, build_expert
 from taskshare.methods.par.relatedness import (Extractor, extract_features, make_extractor, prototypes,
                                                task_relatedness)

@@ -28,7 +28,7 @@ from torch import nn
 
 from taskshare.core import TaskTensors
 from taskshare.methods.par.expert import bn_buffer_names
-from taskshare.methods.patches import patch_slots
+from taskshare.methods.blocks.patching import patch_slots
 from taskshare.methods.blocks.gating import DEFAULT_LAYER_TYPES, SCORE_INIT, TAU, gate_layers, gated_layers, taps_slots
 from taskshare.models import HEAD_SLOTS
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from taskshare.errors import ConfigError
 from taskshare.methods.base import Learner, default_model, task_seed
+from taskshare.methods.blocks.backbones import build_patch_backbone, token_input
 from taskshare.methods.blocks.gating import TAPS_LEAVES, active_layers, gated_layers, layer_sizes, penalty, wrap
 from taskshare.methods.taps.config import TapsJointOptions, TapsOptions, TapsTwoStageOptions
 from taskshare.methods.taps.export import export_task, merged_model
@@ -26,17 +27,10 @@ PRETRAINED_MODELS = ("mobilenetv2", "mobilenetv2-random", "minilm")
 def taps_backbone(cfg, input_shape: tuple[int, ...], seed: int) -> nn.Module:
     """``cfg.model``: mlp/cnn/resnet18, or the model-patches backbones mobilenetv2 (ImageNet, 32 px),
     mobilenetv2-random and minilm; ``auto`` is minilm for pre-tokenized text (2, L), else mlp/resnet18."""
-    from taskshare.methods.patches import PatchOptions, build_patch_backbone, token_input
-
     name = "minilm" if cfg.model == "auto" and token_input(input_shape) else cfg.model
     if name in PRETRAINED_MODELS:
-        return build_patch_backbone(PatchOptions(backbone=name), name, input_shape, seed)
+        return build_patch_backbone(name, name, input_shape, seed)
     return build_backbone(default_model(cfg, input_shape), input_shape, seed)
-
-
-def _token_input(input_shape: tuple[int, ...]) -> bool:
-    from taskshare.methods.patches import token_input
-    return token_input(input_shape)
 
 
 class _TapsLearner(Learner):
@@ -57,7 +51,7 @@ class _TapsLearner(Learner):
         self.backbone_mode = o.backbone  # auto: a pretrained base stays frozen, a random one learns task 1
         if o.backbone == "auto":
             pretrained = backbone_module is not None or cfg.model in ("mobilenetv2", "minilm") or (
-                cfg.model == "auto" and _token_input(input_shape))
+                cfg.model == "auto" and token_input(input_shape))
             self.backbone_mode = "model" if pretrained else "first-task"
         self.net = TaskNet(backbone).to(self.device)
         self.tt = wrap(self.net, layer_types=o.layer_types, tau=o.tau, score_init=o.score_init, head="head")
