@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from taskshare.core import TaskTensors
 from taskshare.errors import ConfigError
 
 PRIMITIVES = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3")
@@ -206,3 +207,18 @@ def build_expert(genotype: Genotype, in_channels: int, channels: int, n_cells: i
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return ExpertNet(genotype, in_channels, channels, n_cells, stem_multiplier)
+
+
+@dataclass
+class Expert:
+    genotype: Genotype
+    in_channels: int
+    net: ExpertNet
+    tt: TaskTensors
+    tasks: list[str]
+    max_train: int                    # the largest training set that trained the expert (owner, reuses)
+    layout: str = "expert"            # which tensors are per-task slots (`units.py`): expert | patch | taps
+
+    @property
+    def owner(self) -> str:
+        return self.tasks[0]

@@ -1,111 +1,10 @@
-"""PAR: task-difficulty-aware parameter allocation and regularization (Wang et al., CVPR 2023).
+"""The `par` learner: routing each task to reuse, a unit or a new expert, training it, its checkpoints.
 
-Task-incremental lifelong learning with a growing set of **experts** (cell networks, `expert.py`) and one
-linear head per task. For each new task t (official code WenjinW/PAR@5539e08, ``src/approaches/par_v2.py``):
-
-1. **Relatedness** (`relatedness.py`): features of t's validation split from a frozen extractor, the
-   nearest-prototype divergence D(t||p) to every learned task p, s(t, p) = min(1 - exp(-2D), D); t's class
-   prototypes are stored for later tasks.
-2. **Routing** (`routing.py`): expert score S_e = mean of s over the expert's tasks, e* = argmin, and
-   three tiers (0.5 / 0.75): reuse e*, allocate a new expert with e*'s genotype, allocate with search.
-   Task 0 always searches. Every task's decision is appended to ``decisions`` (for results.json):
-   ``{task, index, action, expert, closest, scores, relatedness, reuse, reuse_from, unit, unit_from,
-   genotype_from, ..., added_params, added_buffers}`` (``action`` is always the routing tier;
-   ``unit`` says what was allocated: ``expert``, ``patch``/``taps`` (below), None for a reuse;
-   ``added_*`` are written at the task's end). Decisions hold no wall times, so they (and the artifacts
-   that carry them) are byte-reproducible; each search's seconds go to results.json's
-   ``timing.par_search_s`` (`extra_results`).
-3. **Regularized reuse** of e*: if N_t < 0.5 · N_max(e*) (the largest training set on e*), only the new
-   head is trained, the expert frozen in eval mode (zero forgetting). Otherwise the expert is fine-tuned
-   together with the new head (**transfer**), with LwF-style distillation on the heads of e*'s earlier tasks
-   against a frozen copy of e* taken before t:
-
-       L = CE(head_t(f(x)), y) + kd_weight · sum_{p on e*} KD_T(head_p(f(x)), head_p(f_teacher(x)))
-       KD_T(z, z') = - sum_c q_c log p~_c,  q = softmax(z'/T),  p~ = (softmax(z/T) + eps/C) / (1 + eps)
-
-   T = 2, kd_weight = 1, eps = 1e-5 (the official ``utils.cross_entropy(exp=1/2)``: p^(1/2) renormalised is
-   softmax(z/2)). The earlier heads are frozen (official: only the expert and the new head train); experts
-   other than e* are never touched.
-4. **Allocation**: a new expert (fresh weights from (seed, task index)) and head, trained from scratch; its
-   genotype is e*'s (middle tier, the "relatedness-aware" shortcut) or searched by MdeNAS (`search.py`).
-
-**Allocation units (beyond the paper; ``unit``).** ``expert`` (default) is the paper. With ``patch`` or
-``taps``, a task routed to allocation (``allocate`` or ``allocate-search``) while an expert exists gets a
-small unit on e* (the best-scored expert) instead of a new expert; no search runs. Task 0 still searches and
-allocates a real expert, so such a run grows a single expert. The decision keeps its routing ``action`` and
-records ``unit`` and ``unit_from`` (the expert's owner, whose tensors the unit starts from).
-
-- ``patch``: a scale-bias+head model patch (Mudrakarta et al. 2019, `taskshare.methods.patches`): the task's
-  own head and every BatchNorm's scale, bias and running statistics (trained in train mode); the expert's
-  convolution weights are frozen for it. Adds head + BN scale/bias parameters (+ statistics as buffers).
-- ``taps``: the same plus TAPS (Wallingford et al. 2022, `taskshare.methods.taps`) gated deltas on every
-  convolution of the expert: W + 1[s >= tau]·dW, deltas from 0, scores from 0.15, trained with the TAPS
-  sparsity penalty ``taps_lambda`` · R(s) (``taps_penalty``: official sum|s|/52 or size-weighted; off during
-  the first ``taps_warmup_epochs`` epochs of the task; deltas and scores not weight-decayed). Adds the patch's
-  parameters + one score per convolution + the deltas of the layers left active (they alone are stored).
-
-The first unit converts the expert's `TaskTensors` to a larger slot layout (`units.py`): every task on it
-gets its own copy of the BN tensors (and zero, switched-off deltas), equal to what it used, so every earlier
-task computes exactly the same outputs; later no task can change another's BN. A unit never touches the
-expert's weights or another task's tensors. Units do not count in their expert's score S_e (``score_units``
-false, the default): the expert is scored by the tasks that use its own function, its owner and the
-tasks that reuse it, so an unrelated unit does not push a task related to the owner away from reuse
-(``score_units=true`` scores every task on the expert). Units do not count in N_max either (they do not
-train the expert's weights). **Reuse composes**: a task reusing
-an expert that carries units starts from the tensors (BN, unit) of its most related task on that expert
-(``reuse_from``; the owner on a plain expert), frozen, plus its new head; a transfer reuse fine-tunes the
-expert's shared weights and its head, and its KD term runs each earlier task p with p's own tensors in
-the student and the teacher (both in eval mode, so p's statistics never move), one pass per group of tasks
-with equal tensors.
-
-**BatchNorm under transfer** (``bn``). The official code fine-tunes the reused expert with BN in train
-mode, so the running statistics that earlier tasks on that expert are evaluated with drift towards the new
-task's data (an unstated source of forgetting), and its KD compares a train-mode student with an eval-mode
-teacher (the KD gradient is not zero even at step 0). Options:
-
-- ``frozen`` (default): during transfer the whole expert runs in eval mode: running statistics stay those
-  of the allocating task for every task on the expert (BN scale/shift still train, under KD). The student
-  is then exactly the function old tasks are evaluated with, so KD regularizes what is measured and its
-  gradient at step 0 is ~0 (only the eps smoothing).
-- ``task``: BN running statistics are per-task slots of the expert's TaskTensors: the new task starts from
-  the allocating task's statistics and updates its own in train mode; earlier tasks keep theirs.
-- ``shared``: the official behaviour (one set of statistics per expert, drifting under transfer).
-
-Head-only reuse always runs the expert in eval mode (as the official ``train_fc``).
-
-**Feature extractor** (``extractor``): ``auto`` (default) is the frozen ImageNet MobileNetV2 (1280-d)
-when its weights are installed, else the raw flattened inputs (the resolved name is recorded in every
-decision); ``mobilenetv2`` / ``raw`` force one. The official code uses an ImageNet ResNet-18 at native
-resolution; MobileNetV2 is taskshare's shipped ImageNet network (``extractor_image_size`` resizes, 0 =
-native). ``expert`` uses the experts' own features: t's validation data through the expert of each p
-(with p's head/statistics bound) against p's prototypes in that expert's space, computed at the end of p
-(they go stale if p's expert is later fine-tuned). `set_extractor(fn)` plugs any callable x -> features.
-Relatedness uses t's validation split (official); if it has fewer than 2 samples in some class, the
-training split is added (recorded as ``relatedness_split``). ``loo`` corrects the estimator's sample-size
-bias (see `relatedness.py`); ``zero_is_unrelated`` is the official s = 0 -> 1 quirk.
-
-**Official-code details not reproduced** (they belong to the runner's protocol, which is shared by all
-methods): best-validation checkpoint selection and early stopping, per-phase LR schedulers, 10x weight
-decay for N <= 25. Gradient clipping (10) is ``clip_grad``. Search uses the run's lr, momentum and weight
-decay with a cosine schedule and clipping 5, as the official search.
-
-**Artifacts** (`save_artifact` / `load_artifact`): a task's artifact holds what it added (see
-`tensors.py`: an owner's holds its whole expert; the others their head and own BN statistics or unit) and
-its prototypes, with the expert's genotype, layout, size options and the task's decision in the metadata.
-An owner's artifact loads onto a fresh learner with the same ``channels``/``cells``/``stem_multiplier``/``bn``;
-another task's loads once its expert's owner (and the task it started from) is loaded, onto the same
-expert tensors (fingerprint). The predictions are then exactly the saved learner's.
-
-**Checkpoints**: `state_dict` holds every expert's genotype, slot layout and TaskTensors state, the routing tables,
-prototypes, decisions, the transfer teacher and the optimizer; `load_state_dict` rebuilds experts of other
-architectures from their genotypes (in place when they already exist, so a live optimizer stays valid).
-Every random draw (expert and head initialisation, search split/batches/samples) derives from
-``task_seed(seed, task index, salt)``, so a resumed run repeats an interrupted search exactly.
+The paper, its equations, the official code's departures and every choice are in the package docstring
+(`taskshare.methods.par`).
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,84 +12,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from taskshare.core import TaskTensors, save_task
-from taskshare.core.artifacts import artifact_paths, read_artifact
+from taskshare.core import TaskTensors
 from taskshare.data.datasets import stratified_order
-from taskshare.errors import ArtifactError, ConfigError, TaskshareError
+from taskshare.errors import ConfigError, TaskshareError
 from taskshare.methods.base import Learner, make_optimizer, task_seed, train_mode
 from taskshare.methods.blocks.distillation import distillation
-from taskshare.methods.par.expert import ExpertNet, Genotype, build_expert
+from taskshare.methods.par.artifacts import load_artifact, save_artifact
+from taskshare.methods.par.config import Options
+from taskshare.methods.par.expert import Expert, ExpertNet, Genotype, build_expert
 from taskshare.methods.par.relatedness import (Extractor, extract_features, make_extractor, prototypes,
                                                task_relatedness)
-from taskshare.methods.par.routing import SCORES, expert_scores, route
+from taskshare.methods.par.routing import expert_scores, route
 from taskshare.methods.par.search import search
-from taskshare.methods.par.tensors import ArtifactView, PARTensors
+from taskshare.methods.par.tensors import PARTensors
 from taskshare.methods.par.units import (LAYOUTS, UNIT_KINDS, convert, gate, is_taps_slot, kd_groups, layout_slots,
                                          leaf, unit_trainable)
-from taskshare.methods.blocks.gating import PENALTIES, SCORE_INIT, active_layers, gated_layers, layer_sizes, penalty
+from taskshare.methods.blocks.gating import SCORE_INIT, active_layers, gated_layers, layer_sizes, penalty
 from taskshare.models import HEAD_SLOTS, head_logits, new_head
-
-BN_MODES = ("frozen", "task", "shared")
-EXTRACTORS = ("auto", "mobilenetv2", "raw", "expert")
-UNITS = ("expert",) + UNIT_KINDS
-PROTOTYPES = "par.prototypes"                # extra tensors of an artifact (not module tensors)
-EXPERT_PROTOTYPES = "par.expert_prototypes"
-
-
-@dataclass
-class Options:
-    reuse_threshold: float = 0.5      # S_e* <= this: reuse e*
-    cell_threshold: float = 0.75      # S_e* <= this: new expert with e*'s genotype; above: search
-    score: str = "mean"               # expert score over its tasks: mean | max | min
-    few_shot_max: int = 0             # N_train <= this: reuse an expert with >= few_shot_ratio·N (official: 25)
-    few_shot_ratio: float = 10.0
-    head_only_ratio: float = 0.5      # reuse trains only the head when N_t < ratio · N_max(e*)
-    extractor: str = "auto"           # auto | mobilenetv2 | raw | expert
-    extractor_image_size: int = 0     # resize before MobileNetV2 (0: native resolution)
-    loo: bool = False                 # leave-one-out prototypes: removes the estimator's 1/n bias
-    zero_is_unrelated: bool = False   # official quirk: s = 0 (identical samples) counts as unrelated (s = 1)
-    kd_weight: float = 1.0
-    kd_temperature: float = 2.0
-    kd_smoothing: float = 1e-5        # eps of the official soft cross-entropy (0: plain LwF distillation)
-    bn: str = "frozen"                # BatchNorm under transfer: frozen | task | shared (official)
-    channels: int = 16                # C (official 64); features are steps·C
-    cells: int = 4                    # official 4; cells L//3 and 2L//3 reduce
-    steps: int = 4                    # nodes per cell (official 4)
-    stem_multiplier: int = 3          # official 3 (the supernet uses 1)
-    search_epochs: int = 10           # MdeNAS samples (= supernet epochs); official 50 (CTrL) / 100
-    search_lr_p: float = 0.01         # MdeNAS probability step (official lr_search)
-    search_limit: int = 0             # cap on training samples used by the search (0: all)
-    clip_grad: float = 10.0           # gradient-norm clipping in training (official 10; 0: off)
-    unit: str = "expert"              # allocation unit: expert (paper) | patch | taps (beyond the paper)
-    taps_lambda: float = 1.0          # unit=taps: lambda of the TAPS sparsity penalty (TAPS default 1)
-    taps_penalty: str = "official"    # unit=taps: official (sum|s|/52) | size-weighted (see methods/taps/)
-    taps_warmup_epochs: int = 0       # unit=taps: penalty off in the unit's first epochs
-    score_units: bool = False         # units count in their expert's score S_e (default: owner + reusers only)
-
-    def __post_init__(self):
-        if not 0 <= self.reuse_threshold <= self.cell_threshold:
-            raise ValueError("thresholds need 0 <= reuse_threshold <= cell_threshold")
-        if self.score not in SCORES:
-            raise ValueError(f"score must be one of {', '.join(SCORES)}")
-        if self.bn not in BN_MODES:
-            raise ValueError(f"bn must be one of {', '.join(BN_MODES)}")
-        if self.extractor not in EXTRACTORS:
-            raise ValueError(f"extractor must be one of {', '.join(EXTRACTORS)}")
-        if self.unit not in UNITS:
-            raise ValueError(f"unit must be one of {', '.join(UNITS)}, got {self.unit!r}")
-        if self.taps_penalty not in PENALTIES:
-            raise ValueError(f"taps_penalty must be one of {', '.join(PENALTIES)}")
-        if not (math.isfinite(self.taps_lambda) and self.taps_lambda >= 0) or self.taps_warmup_epochs < 0:
-            raise ValueError("taps_lambda and taps_warmup_epochs must be >= 0")
-        if self.kd_temperature <= 0 or self.kd_weight < 0 or not 0 <= self.kd_smoothing < 1:
-            raise ValueError("kd_temperature must be > 0, kd_weight >= 0 and kd_smoothing in [0, 1)")
-        if min(self.channels, self.cells, self.steps, self.stem_multiplier) < 1 or self.channels % 2:
-            raise ValueError("channels (even), cells, steps and stem_multiplier must be >= 1")
-        if min(self.search_epochs, self.search_limit, self.few_shot_max, self.extractor_image_size) < 0:
-            raise ValueError("search_epochs, search_limit, few_shot_max and extractor_image_size must be >= 0")
-        if self.head_only_ratio < 0 or self.few_shot_ratio < 0 or self.clip_grad < 0:
-            raise ValueError("head_only_ratio, few_shot_ratio and clip_grad must be >= 0")
-
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2.0,
             smoothing: float = 0.0) -> torch.Tensor:
@@ -200,21 +38,6 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2
     target = F.softmax(teacher / temperature, dim=1)
     p = (F.softmax(student / temperature, dim=1) + smoothing / student.shape[1]) / (1 + smoothing)
     return -(target * p.log()).sum(1).mean()
-
-
-@dataclass
-class Expert:
-    genotype: Genotype
-    in_channels: int
-    net: ExpertNet
-    tt: TaskTensors
-    tasks: list[str]
-    max_train: int                    # the largest training set that trained the expert (owner, reuses)
-    layout: str = "expert"            # which tensors are per-task slots (`units.py`): expert | patch | taps
-
-    @property
-    def owner(self) -> str:
-        return self.tasks[0]
 
 
 class PAR(Learner):
@@ -377,62 +200,78 @@ class PAR(Learner):
             "genotype_from": None, "genotype": None, "search_acc": None,
             "extractor": self.extractor_name, "relatedness_split": split}
         if action == "reuse":
-            expert = self.experts[closest]
-            head_only = n_train < o.head_only_ratio * expert.max_train
-            record["reuse"] = "head" if head_only else "transfer"
-            if expert.layout == "expert":  # every task on the expert computes the same features
-                source, trainable = expert.owner, True
-            else:  # tasks differ by their BN/units: start from the most related one's, train the head (+ expert)
-                source = min(expert.tasks, key=lambda p: (rel[p], expert.tasks.index(p)))
-                trainable = list(HEAD_SLOTS)
-            record["reuse_from"] = source
-            if not head_only:
-                self.teacher = self._clone(expert)
-            expert.tt.add_task(task.name, self._head(expert.net.feature_dim, task.num_classes, index),
-                               copy_from=source, trainable=trainable)
-            expert.tasks.append(task.name)
-            expert.max_train = max(expert.max_train, n_train)
-            self.task_expert[task.name] = closest
+            self._reuse(task, index, closest, rel, record)
         elif o.unit in UNIT_KINDS and closest is not None:  # beyond the paper: a unit on the closest expert
-            expert = self.experts[closest]
-            self._convert(expert, o.unit)
-            init = self._head(expert.net.feature_dim, task.num_classes, index)
-            base = expert.tt.base_tensors()
-            for s in expert.tt.slots:
-                if is_taps_slot(s):  # fresh deltas; scores at score_init (on) for a TAPS unit, 0 (off) otherwise
-                    value = SCORE_INIT if o.unit == "taps" else 0.0
-                    init[s] = torch.full_like(base[s], value) if leaf(s) == "score" else torch.zeros_like(base[s])
-            expert.tt.add_task(task.name, init, copy_from=expert.owner, trainable=unit_trainable(expert.tt, o.unit))
-            expert.tasks.append(task.name)  # max_train stays: a unit does not train the expert's weights
-            self.task_expert[task.name] = closest
-            record["unit"], record["unit_from"] = o.unit, expert.owner
+            self._add_unit(task, index, closest, record)
         else:
-            record["unit"] = "expert"
-            if action == "allocate":
-                genotype = self.experts[closest].genotype
-                record["genotype_from"] = self.experts[closest].owner
-            else:
-                x, y = task.train.to_tensors()
-                if o.search_limit and len(y) > o.search_limit:
-                    keep = stratified_order(y, task_seed(self.cfg.seed, index, salt=14))[:o.search_limit]
-                    x, y = x[keep], y[keep]
-                result = search(x, y, task.num_classes, epochs=o.search_epochs,
-                                seed=task_seed(self.cfg.seed, index, salt=13), channels=o.channels,
-                                n_cells=o.cells, steps=o.steps, batch_size=self.cfg.batch_size, lr=self.cfg.lr,
-                                momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay,
-                                lr_p=o.search_lr_p, device=self.device, desc=f"PAR search, task {task.name}")
-                genotype = result.genotype
-                self.search_seconds[task.name] = round(result.seconds, 3)
-                record["search_acc"] = result.accuracies
-            in_channels = int(task.input_shape[0])
-            net, tt = self._build(genotype, in_channels, task_seed(self.cfg.seed, index, salt=11))
-            tt.add_task(task.name, self._head(net.feature_dim, task.num_classes, index))
-            self.experts.append(Expert(genotype, in_channels, net, tt, [task.name], n_train))
-            self.task_expert[task.name] = len(self.experts) - 1
+            self._allocate(task, index, action, closest, record)
         record["expert"] = self.task_expert[task.name]
         record["genotype"] = self.experts[record["expert"]].genotype.to_dict()
         self.decisions.append(record)
         self._start(task.name)
+
+    def _reuse(self, task, index: int, closest: int, rel: dict[str, float], record: dict[str, Any]) -> None:
+        """Regularized reuse of expert `closest`: the head alone (few samples) or head and expert with
+        distillation from a frozen copy (the teacher)."""
+        o, n_train = self.options, len(task.train)
+        expert = self.experts[closest]
+        head_only = n_train < o.head_only_ratio * expert.max_train
+        record["reuse"] = "head" if head_only else "transfer"
+        if expert.layout == "expert":  # every task on the expert computes the same features
+            source, trainable = expert.owner, True
+        else:  # tasks differ by their BN/units: start from the most related one's, train the head (+ expert)
+            source = min(expert.tasks, key=lambda p: (rel[p], expert.tasks.index(p)))
+            trainable = list(HEAD_SLOTS)
+        record["reuse_from"] = source
+        if not head_only:
+            self.teacher = self._clone(expert)
+        expert.tt.add_task(task.name, self._head(expert.net.feature_dim, task.num_classes, index),
+                           copy_from=source, trainable=trainable)
+        expert.tasks.append(task.name)
+        expert.max_train = max(expert.max_train, n_train)
+        self.task_expert[task.name] = closest
+
+    def _add_unit(self, task, index: int, closest: int, record: dict[str, Any]) -> None:
+        """A patch or TAPS unit (with a head) on expert `closest` instead of a new expert."""
+        o = self.options
+        expert = self.experts[closest]
+        self._convert(expert, o.unit)
+        init = self._head(expert.net.feature_dim, task.num_classes, index)
+        base = expert.tt.base_tensors()
+        for s in expert.tt.slots:
+            if is_taps_slot(s):  # fresh deltas; scores at score_init (on) for a TAPS unit, 0 (off) otherwise
+                value = SCORE_INIT if o.unit == "taps" else 0.0
+                init[s] = torch.full_like(base[s], value) if leaf(s) == "score" else torch.zeros_like(base[s])
+        expert.tt.add_task(task.name, init, copy_from=expert.owner, trainable=unit_trainable(expert.tt, o.unit))
+        expert.tasks.append(task.name)  # max_train stays: a unit does not train the expert's weights
+        self.task_expert[task.name] = closest
+        record["unit"], record["unit_from"] = o.unit, expert.owner
+
+    def _allocate(self, task, index: int, action: str, closest: int | None, record: dict[str, Any]) -> None:
+        """A new expert: the closest expert's genotype (``allocate``) or a searched one (``allocate-search``)."""
+        o = self.options
+        record["unit"] = "expert"
+        if action == "allocate":
+            genotype = self.experts[closest].genotype
+            record["genotype_from"] = self.experts[closest].owner
+        else:
+            x, y = task.train.to_tensors()
+            if o.search_limit and len(y) > o.search_limit:
+                keep = stratified_order(y, task_seed(self.cfg.seed, index, salt=14))[:o.search_limit]
+                x, y = x[keep], y[keep]
+            result = search(x, y, task.num_classes, epochs=o.search_epochs,
+                            seed=task_seed(self.cfg.seed, index, salt=13), channels=o.channels,
+                            n_cells=o.cells, steps=o.steps, batch_size=self.cfg.batch_size, lr=self.cfg.lr,
+                            momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay,
+                            lr_p=o.search_lr_p, device=self.device, desc=f"PAR search, task {task.name}")
+            genotype = result.genotype
+            self.search_seconds[task.name] = round(result.seconds, 3)
+            record["search_acc"] = result.accuracies
+        in_channels = int(task.input_shape[0])
+        net, tt = self._build(genotype, in_channels, task_seed(self.cfg.seed, index, salt=11))
+        tt.add_task(task.name, self._head(net.feature_dim, task.num_classes, index))
+        self.experts.append(Expert(genotype, in_channels, net, tt, [task.name], len(task.train)))
+        self.task_expert[task.name] = len(self.experts) - 1
 
     def _start(self, task: str) -> None:
         """Bind `task` on its expert and build the optimizer over what this task trains."""
@@ -652,111 +491,9 @@ class PAR(Learner):
 
     # --------------------------------------------------------------------------------------- artifacts
     def save_artifact(self, task: str, path: str | Path) -> int:
-        """Write `task`'s artifact (safetensors + JSON); returns the bytes written. It holds what the task added
-        (`PARTensors.tensors`: the whole expert for its owner, else the head and the task's own BN statistics
-        or unit), the task's prototypes, and in the metadata the expert's genotype, layout and size options
-        and the task's decision. An owner's artifact stands alone; the others' base is their expert,
-        identified by its fingerprint. Load with `load_artifact`."""
-        expert = self.expert_of(task)
-        role = self.role(task)
-        tensors = dict(self.tt.tensors(task))
-        params = {n for n in tensors if self.tt.is_param(n)}
-        for key, store in ((PROTOTYPES, self.prototypes), (EXPERT_PROTOTYPES, self.expert_prototypes)):
-            if task in store:
-                tensors[key] = store[task]
-        fingerprint = self.tt.fingerprint() if role == "owner" else expert.tt.fingerprint()
-        o = self.options
-        info = {"role": role, "owner": expert.owner, "layout": expert.layout, "genotype": expert.genotype.to_dict(),
-                "in_channels": expert.in_channels, "channels": o.channels, "cells": o.cells,
-                "stem_multiplier": o.stem_multiplier, "bn": o.bn, "extractor": self.extractor_name,
-                "decision": dict(self.decision(task))}
-        return save_task(ArtifactView(task, tensors, fingerprint, params), task, path,
-                         meta={"method": self.name, "par": info})
+        """Write `task`'s artifact (see `par.artifacts.save_artifact`); returns the bytes written."""
+        return save_artifact(self, task, path)
 
     def load_artifact(self, path: str | Path) -> str:
-        """Add the task saved by `save_artifact` at `path` to this learner; returns its name.
-
-        An owner's artifact rebuilds its expert (the learner needs the same ``channels``, ``cells``,
-        ``stem_multiplier`` and ``bn``); any other task's needs its expert's owner (and the task it started
-        from) loaded first, with the same expert tensors (fingerprint). Predictions then equal the saved
-        learner's exactly. Every mismatch is a one-line ArtifactError.
-        """
-        st_path, _ = artifact_paths(path)
-        side, tensors = read_artifact(path)  # the two files agree, checksum included
-        meta, expected = side["meta"], side["tensors"]
-        info = meta.get("par")
-        if side["method"] != self.name or not isinstance(info, dict):
-            raise ArtifactError(f"{st_path.name} is not a PAR task artifact (method {side['method']!r}): "
-                                "load it with the method that saved it")
-        name, o = side["task"], self.options
-        if name in self.task_expert:
-            raise ArtifactError(f"task {name!r} is already in this PAR learner: load each artifact once")
-        theirs = {k: info[k] for k in ("channels", "cells", "stem_multiplier", "bn")}
-        ours = {k: getattr(o, k) for k in theirs}
-        if theirs != ours or int(info["in_channels"]) != int(self.input_shape[0]):
-            show = ", ".join(f"{k}={v}" for k, v in theirs.items())
-            raise ArtifactError(f"{st_path.name} was saved by a PAR learner with {show} on {info['in_channels']}-"
-                                f"channel inputs, this one has {', '.join(f'{k}={v}' for k, v in ours.items())} "
-                                f"on {self.input_shape[0]}: build it with the same par options")
-        protos, expert_protos = tensors.pop(PROTOTYPES, None), tensors.pop(EXPERT_PROTOTYPES, None)
-        trainable = [n for n, e in expected.items() if e.get("trainable")]
-        decision, layout = dict(info["decision"]), info["layout"]
-        if info["role"] == "owner":
-            genotype = Genotype.from_dict(info["genotype"])
-            net, tt = self._build(genotype, int(info["in_channels"]), 0, layout)
-            shared = tt.shared_named_tensors()
-            slots = [n for n in tt.slots if not is_taps_slot(n)]
-            ref = {**tt.base_tensors(), **shared}
-            bad = sorted(set(tensors) ^ (set(shared) | set(slots)))
-            if not bad:
-                bad = [n for n in tensors if n not in HEAD_SLOTS and tensors[n].shape != ref[n].shape]
-            if bad:
-                raise ArtifactError(f"{st_path.name} does not fit this PAR learner's expert (tensor {bad[0]!r}): "
-                                    "it was saved with other par options")
-            with torch.no_grad():
-                for n, t in shared.items():
-                    t.copy_(tensors[n])
-            init = {n: tensors[n] for n in slots}
-            init.update({n: torch.zeros_like(t) for n, t in tt.base_tensors().items() if leaf(n) == "score"})
-            tt.add_task(name, init, trainable=[n for n in trainable if n in slots])
-            self.experts.append(Expert(genotype, int(info["in_channels"]), net, tt, [name],
-                                       int(decision.get("n_train", 0)), layout))
-            index = len(self.experts) - 1
-        else:
-            owner = info["owner"]
-            if owner not in self.task_expert:
-                raise ArtifactError(f"{st_path.name} holds task {name!r} on the expert of task {owner!r}: "
-                                    f"load {owner!r}'s artifact first")
-            index = self.task_expert[owner]
-            expert = self.experts[index]
-            if layout not in LAYOUTS:
-                raise ArtifactError(f"{st_path.name} has an unknown expert layout {layout!r}")
-            self._convert(expert, layout)
-            fp = expert.tt.fingerprint()
-            if fp != side["base_fingerprint"]:
-                raise ArtifactError(f"{st_path.name} was saved on a different expert of {owner!r} (fingerprint "
-                                    f"{side['base_fingerprint'][:12]} != {fp[:12]}): load it next to the "
-                                    f"artifact of {owner!r} it was saved with")
-            source = decision.get("reuse_from") or decision.get("unit_from") or owner
-            if source not in expert.tt:
-                raise ArtifactError(f"{st_path.name}: task {name!r} starts from task {source!r}'s tensors: "
-                                    f"load {source!r}'s artifact first")
-            ref = expert.tt.tensors(source)
-            bad = [n for n in tensors if n not in ref or (n not in HEAD_SLOTS and tensors[n].shape != ref[n].shape)]
-            if bad:
-                raise ArtifactError(f"{st_path.name} does not fit the expert of {owner!r} (tensor {bad[0]!r}): "
-                                    "it was saved with other par options")
-            expert.tt.add_task(name, tensors, copy_from=source, trainable=trainable)
-            expert.tasks.append(name)
-            if info["role"] == "reuse":
-                expert.max_train = max(expert.max_train, int(decision.get("n_train", 0)))
-        self.task_expert[name] = index
-        decision["expert"] = index
-        self.decisions.append(decision)
-        if protos is not None:
-            self.prototypes[name] = protos.to(self.device)
-        if expert_protos is not None:
-            self.expert_prototypes[name] = expert_protos.to(self.device)
-        if self.extractor_name is None and self._extractor is None:
-            self.extractor_name = info.get("extractor")
-        return name
+        """Add the task saved by `save_artifact` at `path` (see `par.artifacts.load_artifact`); returns its name."""
+        return load_artifact(self, path)
