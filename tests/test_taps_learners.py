@@ -405,7 +405,7 @@ def test_cosine_schedule_is_the_official_cosine_annealing(stream, cfg):
     learner.begin_task(stream[0], 0)
     x, y = stream[0].train.to_tensors()
     for epoch in range(cfg.epochs):
-        learner.set_epoch(epoch)
+        learner.begin_epoch(epoch)
         learner.observe(x[:8], y[:8])
         assert [g["lr"] for g in learner.optimizer.param_groups] == pytest.approx(
             [official.param_groups[0]["lr"]] * len(learner.optimizer.param_groups), abs=1e-12)

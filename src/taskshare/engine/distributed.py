@@ -214,14 +214,10 @@ def attach(optimizer: torch.optim.Optimizer, reducer: GradReducer | None):
     return optimizer.register_step_pre_hook(hook)
 
 
-def attach_all(obj: Any, reducer: GradReducer | None) -> int:
-    """``attach`` every ``torch.optim.Optimizer`` held in an attribute of ``obj`` (e.g. a learner after
-    ``begin_task``, which may build a new optimizer); returns how many were attached."""
-    n = 0
-    for v in vars(obj).values():
-        if isinstance(v, torch.optim.Optimizer) and attach(v, reducer) is not None:
-            n += 1
-    return n
+def attach_all(learner: Any, reducer: GradReducer | None) -> int:
+    """``attach`` every optimizer of `learner` (``learner.optimizers()``, e.g. after ``begin_task``, which may
+    build a new one); returns how many were attached."""
+    return sum(attach(opt, reducer) is not None for opt in learner.optimizers())
 
 
 def average_gradients(params: Iterable[Tensor], n_local: int | None = None, n_global: int | None = None) -> None:

@@ -41,7 +41,6 @@ import torch
 
 from taskshare import progress
 from taskshare.config import RunConfig, check_options
-from taskshare.core import TaskTensors
 from taskshare.core.checkpoint import check_lifelong, restoring
 from taskshare.core.paths import safe_name
 from taskshare.core.serialize import save_tensors
@@ -65,7 +64,7 @@ def _refuse_data_parallel(cls, method: str) -> None:
 
 def _check_shards(learner, tasks, cfg: RunConfig, world: int) -> None:
     """Every global batch must leave each rank enough samples (a rank without a step would hang the others)."""
-    need = 2 if getattr(learner, "has_train_bn", False) else 1  # patches skip a BN step on one sample
+    need = 2 if learner.has_train_bn else 1  # patches skip a BN step on one sample
     sizes = [sum(len(t.train) for t in tasks)] if learner.offline else [len(t.train) for t in tasks]
     for n in sizes:
         smallest = min(n, cfg.batch_size) if n % cfg.batch_size == 0 else n % cfg.batch_size
@@ -75,21 +74,9 @@ def _check_shards(learner, tasks, cfg: RunConfig, world: int) -> None:
                               f"epoch, {n} samples in all) has at least {need * world}")
 
 
-def _learner_tensors(learner) -> list[torch.Tensor]:
-    """The learner's network tensors (shared, base and every task's), in the same order on every rank."""
-    tt = getattr(learner, "tt", None)
-    if isinstance(tt, TaskTensors):
-        out = list(tt.shared_named_tensors().values()) + list(tt.base_tensors().values())
-        for task in tt.tasks:
-            out += list(tt.tensors(task).values())
-        return out
-    net = getattr(learner, "net", None)
-    return list(net.parameters()) + list(net.buffers()) if net is not None else []
-
-
 def _check_in_sync(learner, where: str) -> None:
     """Data parallel: the ranks' parameters must be equal (checksums); else an optimizer stepped unreduced."""
-    ps = [t for t in _learner_tensors(learner) if isinstance(t, torch.nn.Parameter)]
+    ps = [t for t in learner.tensors() if isinstance(t, torch.nn.Parameter)]
     if not ps:
         return
     with torch.no_grad():
@@ -144,9 +131,9 @@ class _Lifelong:
         with progress.bar(train_one.batches * (cfg.epochs - first_epoch), desc, quiet=self.run.quiet) as bar:
             for epoch in range(first_epoch, cfg.epochs):
                 gen = torch.Generator().manual_seed(task_seed(cfg.seed, task_index, salt=100 + epoch))
-                if self.reducer is not None and hasattr(self.learner, "set_epoch"):
-                    self.learner.set_epoch(epoch)  # TAPS counts samples it sees: here a shard, not the batch
+                self.learner.begin_epoch(epoch)
                 train_one(gen, guard, bar)
+                self.learner.end_epoch(epoch)
                 if self.reducer is not None:
                     _check_in_sync(self.learner, where(epoch))
                 if epoch + 1 < cfg.epochs and self.run.due():
@@ -157,7 +144,7 @@ class _Lifelong:
         learner.begin_all(self.tasks)
         if self.saved_state is not None:
             self.restore()
-        ddp.broadcast_tensors(_learner_tensors(learner))
+        ddp.broadcast_tensors(learner.tensors())
         ddp.attach_all(learner, self.reducer)
         datasets = [t.train for t in self.tasks]
 
@@ -173,7 +160,7 @@ class _Lifelong:
         for i in range(next_task, T):
             task = self.tasks[i]
             first_epoch = next_epoch if i == next_task else 0
-            ddp.broadcast_tensors(_learner_tensors(learner))  # ranks agree (before begin_task: LwF's teacher)
+            ddp.broadcast_tensors(learner.tensors())  # ranks agree (before begin_task: LwF's teacher)
             learner.begin_task(task, i)
             if first_epoch > 0:  # mid-task resume: restore moments and method state after begin_task
                 self.restore()
@@ -216,7 +203,7 @@ def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benc
         return done
     tasks = [t.limit(cfg.limit, seed=cfg.seed) if cfg.limit else t for t in stream.tasks]
     learner = _build_learner(cls, stream, tasks, cfg, options)
-    run.need_space(state_bytes(_learner_tensors(learner)))
+    run.need_space(state_bytes(learner.tensors()))
     reducer = ddp.GradReducer() if di.enabled else None
     if di.enabled:
         _check_shards(learner, tasks, cfg, di.world_size)

@@ -60,13 +60,23 @@ def default_model(cfg: RunConfig, input_shape: tuple[int, ...]) -> str:
 
 
 class Learner(ABC):
-    """Base of every learner: the interface plus checkpoint plumbing."""
+    """Base of every learner: the whole contract the drivers rely on, plus checkpoint plumbing.
+
+    The driver calls, per task (online learners):
+        begin_task(task, index); for each epoch e: begin_epoch(e), observe(x, y) per batch, end_epoch(e);
+        end_task(task); predict(x, task) for every seen task
+    and for offline learners (``offline = True``): begin_all(tasks), then epochs of observe_mixed(x, y, ids).
+    It reads nothing else: `optimizers()` (the data-parallel gradient reducer is attached to them),
+    `tensors()` (what data-parallel ranks broadcast and compare), `has_train_bn` (BatchNorm in train mode:
+    a batch shard needs two samples), `state_dict()`, `save_artifact`, `added_parameters`, `extra_results`.
+    """
 
     name: ClassVar[str]
     description: ClassVar[str]
     Options: ClassVar[type] = NoOptions
     offline: ClassVar[bool] = False
     not_data_parallel: ClassVar[str] = ""  # why it cannot train exactly under torchrun (empty: it can)
+    has_train_bn: bool = False             # BatchNorm layers train (statistics from the batch)
 
     def __init__(self, cfg: RunConfig, options: Any, input_shape: tuple[int, ...]):
         self.cfg = cfg
@@ -85,6 +95,32 @@ class Learner(ABC):
 
     def end_task(self, task) -> None:  # noqa: B027 - optional hook
         pass
+
+    def begin_epoch(self, epoch: int) -> None:  # noqa: B027 - optional hook
+        """Epoch `epoch` (0-based) of the current task (or of all tasks, offline) starts."""
+
+    def end_epoch(self, epoch: int) -> None:  # noqa: B027 - optional hook
+        """Epoch `epoch` ended (every batch observed)."""
+
+    def begin_all(self, tasks) -> None:
+        """Offline learners: every task at once (``offline = True``)."""
+        raise NotImplementedError(f"{self.name} is not an offline learner")
+
+    def observe_mixed(self, x: torch.Tensor, y: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        """Offline learners: one step on a batch mixing tasks (`task_ids` index the tasks of begin_all)."""
+        raise NotImplementedError(f"{self.name} is not an offline learner")
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """Every optimizer the learner steps (built by `make_optimizer`)."""
+        return [self.optimizer] if self.optimizer is not None else []
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The network's tensors (shared, base and every task's), in the same order in every process."""
+        tt = self.tt
+        out = list(tt.shared_named_tensors().values()) + list(tt.base_tensors().values())
+        for task in tt.tasks:
+            out += list(tt.tensors(task).values())
+        return out
 
     @abstractmethod
     def predict(self, x: torch.Tensor, task: str) -> torch.Tensor:

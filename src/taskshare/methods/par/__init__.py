@@ -110,7 +110,8 @@ is the paper's whole-expert allocation.
 """
 from taskshare.methods.par.expert import ExpertNet, Genotype
 from taskshare.methods.par.config import Options
-from taskshare.methods.par.learner import PAR, kd_loss
+from taskshare.methods.blocks.distillation import kd_loss
+from taskshare.methods.par.learner import PAR
 from taskshare.methods.par.relatedness import (divergence, make_extractor, relatedness_matrix, relatedness_report,
                                                similarity, task_relatedness)
 from taskshare.methods.par.routing import expert_scores, route

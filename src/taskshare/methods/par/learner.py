@@ -16,7 +16,7 @@ from taskshare.core import TaskTensors
 from taskshare.data.datasets import stratified_order
 from taskshare.errors import ConfigError, TaskshareError
 from taskshare.methods.base import Learner, make_optimizer, task_seed, train_mode
-from taskshare.methods.blocks.distillation import distillation
+from taskshare.methods.blocks.distillation import kd_loss
 from taskshare.methods.par.artifacts import load_artifact, save_artifact
 from taskshare.methods.par.config import Options
 from taskshare.methods.par.expert import Expert, ExpertNet, Genotype, build_expert
@@ -29,16 +29,6 @@ from taskshare.methods.par.units import (LAYOUTS, UNIT_KINDS, convert, gate, is_
                                          leaf, unit_trainable)
 from taskshare.methods.blocks.gating import SCORE_INIT, active_layers, gated_layers, layer_sizes, penalty
 from taskshare.models import HEAD_SLOTS, head_logits, new_head
-
-def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2.0,
-            smoothing: float = 0.0) -> torch.Tensor:
-    """Soft cross-entropy of softmax(teacher/T) against the (eps-smoothed) softmax(student/T), batch mean."""
-    if smoothing == 0:
-        return distillation(student, teacher, temperature)
-    target = F.softmax(teacher / temperature, dim=1)
-    p = (F.softmax(student / temperature, dim=1) + smoothing / student.shape[1]) / (1 + smoothing)
-    return -(target * p.log()).sum(1).mean()
-
 
 class PAR(Learner):
     name = "par"
@@ -317,8 +307,17 @@ class PAR(Learner):
         """The 0-based epoch of the current task's next batch (samples observed // training-set size)."""
         return self._seen // self._epoch_size
 
-    def set_epoch(self, epoch: int) -> None:
-        """For drivers other than the runner: declare that epoch `epoch` starts now (TAPS units' warm-up)."""
+    def tensors(self) -> list[torch.Tensor]:
+        """Every expert's tensors (shared, base and its tasks'), expert by expert."""
+        out: list[torch.Tensor] = []
+        for e in self.experts:
+            out += list(e.tt.shared_named_tensors().values()) + list(e.tt.base_tensors().values())
+            for task in e.tt.tasks:
+                out += list(e.tt.tensors(task).values())
+        return out
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Epoch `epoch` starts now (TAPS units' warm-up; the driver says so)."""
         self._seen = epoch * self._epoch_size
 
     def unit_penalty(self) -> torch.Tensor:

@@ -41,7 +41,7 @@ warn once.
 `begin_task` (or `begin_all`) and derives ``epoch = samples // len(train split)`` (the sum of the splits for
 the offline learners). One epoch is exactly one pass over the split whatever the batch size or a short last
 batch; the count is part of the checkpointed state, so a resumed run switches the penalty on at the same
-step. Another driver may call `set_epoch(e)` at each epoch start instead.
+step; the driver also calls `begin_epoch(e)` at each epoch start (a data-parallel rank sees only shards).
 
 **Task-specific parts.** The deltas and scores, every normalization layer (BatchNorm γ, β and running
 statistics, LayerNorm/GroupNorm/RMSNorm affine) and the head are slots of one `TaskTensors` over the wrapped

@@ -103,8 +103,8 @@ class _TapsLearner(Learner):
         """The 0-based epoch of the next batch (samples observed // samples per epoch)."""
         return self.seen // self.epoch_size
 
-    def set_epoch(self, epoch: int) -> None:
-        """For drivers other than the runner: declare that epoch `epoch` starts now."""
+    def begin_epoch(self, epoch: int) -> None:
+        """Epoch `epoch` starts now (the driver says so: under data parallelism a rank sees only shards)."""
         self.seen = epoch * self.epoch_size
 
     def penalty(self, task: str) -> torch.Tensor:
