@@ -65,7 +65,7 @@ from taskshare.data.multioutput import (
 from taskshare.methods.multioutput.networks import SingleTaskNets, build_model
 from taskshare.methods.multioutput.options import MULTITASK_METHODS, method_options
 from taskshare.methods.multioutput.stl import STLStepper, loss_fn
-from taskshare.methods.multioutput.trainer import METHOD_OPTIONS, MultiTaskTrainer
+from taskshare.methods.multioutput.trainer import METHOD_OPTIONS, REGISTRY, MultiTaskTrainer
 from taskshare.results.metrics import delta_m
 
 __all__ = [
@@ -138,7 +138,7 @@ def _sha(tensors: Mapping[str, Tensor]) -> str:
 
 
 def _au_kind(method: str, cfg: RunConfig) -> str:
-    return "adatask" if method.startswith("adatask") else cfg.optimizer
+    return "adatask" if method in REGISTRY and REGISTRY[method].family == "adatask" else cfg.optimizer
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -211,7 +211,7 @@ class _MultiOutput:
         options = {k: v for k, v in opts.items() if k in METHOD_OPTIONS[method]}
         if method == "uw":
             options["kinds"] = opts["kinds"] or ["classification" if s.kind == "ce" else "regression" for s in specs]
-        optimizer = opts["variant"] if method.startswith("adatask") else cfg.optimizer
+        optimizer = opts.get("variant", cfg.optimizer)  # AdaTask methods name their variant
         stepper = MultiTaskTrainer(model, {s.name: loss_fn(s) for s in specs}, method, optimizer=optimizer,
                                    options=options, grad_mode=opts["grad_mode"], **base_kw)
         return model, stepper, {"all": (names, model)}
@@ -361,7 +361,7 @@ def _results(r: _MultiOutput, test, val_metrics, write: bool) -> dict[str, Any]:
         "params": {"base": base, "added_per_task": added, "total": base + sum(added)},
         "artifact_bytes": sizes,
         **r.run.run_fields(),
-        "optimizer": (f"adatask-{opts['variant']}" if method.startswith("adatask") else cfg.optimizer),
+        "optimizer": f"adatask-{opts['variant']}" if "variant" in opts else cfg.optimizer,
         "method_options": opts,
         "data": {"train": len(data.train), "val": len(data.val), "test": len(data.test), **data.source},
         "history": history,

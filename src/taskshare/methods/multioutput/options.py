@@ -8,7 +8,7 @@ from typing import Any
 from taskshare.config import RunConfig, check_options
 from taskshare.errors import ConfigError
 from taskshare.methods.multioutput.adatask import VARIANTS
-from taskshare.methods.multioutput.trainer import METHOD_OPTIONS, METHODS
+from taskshare.methods.multioutput.trainer import METHOD_OPTIONS, METHODS, REGISTRY
 
 __all__ = ["COMMON_OPTIONS", "MULTITASK_METHODS", "method_options", "multitask_method_options"]
 
@@ -24,7 +24,7 @@ def _defaults(method: str) -> dict[str, Any]:
     d = dict(METHOD_OPTIONS[method])
     if method == "uw":
         d["kinds"] = None                   # None: from the benchmark's loss kinds (ce -> classification)
-    if method.startswith("adatask"):
+    if REGISTRY[method].family == "adatask":
         d["variant"] = "adam"
     d.update(COMMON_OPTIONS)
     return d

@@ -34,10 +34,11 @@ With float64 and no BatchNorm the parameters then equal the single-process run o
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from taskshare.errors import ConfigError
 from taskshare.methods.multioutput.adatask import VARIANTS, make_adatask
@@ -48,35 +49,77 @@ from taskshare.methods.multioutput.model import MultiOutputNet
 from taskshare.methods.multioutput.sharing import Sharing, detect_sharing
 from taskshare.methods.multioutput.weighting import DWA, GradNorm, UncertaintyWeighting
 
-__all__ = ["METHODS", "METHOD_OPTIONS", "MultiTaskTrainer"]
+__all__ = ["METHODS", "METHOD_OPTIONS", "REGISTRY", "MethodSpec", "MultiTaskTrainer"]
 
-METHODS: dict[str, str] = {
-    "ew": "equal weighting: one backward of the summed task losses",
-    "uw": "uncertainty weighting (Kendall et al. 2018): learned task log-variances",
-    "dwa": "dynamic weight average (Liu et al. 2019): weights from the last two epochs' loss ratios",
-    "gradnorm": "GradNorm (Chen et al. 2018): weights balance gradient norms on the last shared layer",
-    "pcgrad": "PCGrad (Yu et al. 2020): project out conflicting components of task gradients",
-    "mgda": "MGDA (Sener & Koltun 2018): min-norm combination of task gradients (ub=True: MGDA-UB)",
-    "cagrad": "CAGrad (Liu et al. 2021): conflict-averse direction near the mean gradient",
-    "adatask": "AdaTask (Yang et al. 2023): per-task adaptive accumulators for shared parameters",
-    "adatask+pcgrad": "AdaTask on PCGrad-projected task gradients",
-}
+def _equal(tr, L, Lg, losses):
+    return torch.ones_like(L)
 
-METHOD_OPTIONS: dict[str, dict[str, Any]] = {
-    "ew": {},
-    "uw": {"kinds": "regression"},
-    "dwa": {"T": 2.0},
-    "gradnorm": {"alpha": 1.5, "lr": 0.025},
-    "pcgrad": {},
-    "mgda": {"ub": False, "normalize": "none"},
-    "cagrad": {"c": 0.5, "rescale": 0, "solver": "exact"},
-    "adatask": {"missing": "skip"},
-    "adatask+pcgrad": {"missing": "skip", "pcgrad_on": "gradients"},
+
+def _uw(tr, L, Lg, losses):
+    return tr.weighting.weights().to(L)
+
+
+def _dwa(tr, L, Lg, losses):
+    w = tr.weighting.weights().to(L)
+    tr.weighting.observe(Lg)
+    return w
+
+
+def _gradnorm(tr, L, Lg, losses):
+    norms = tr._grads(losses, tr.model.last_shared_parameters()).norm(dim=1)
+    return tr.weighting.update(Lg, norms).to(L)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A multi-output method: its family, its options with defaults, and the pieces the step calls.
+
+    - ``loss-weighting``: ``weights(trainer, L, L_global, losses) -> w``, then one backward of
+      ``total(trainer, L, w)`` (default sum_k w_k L_k); ``make_weighting(K, options)`` builds its state;
+    - ``gradient``: ``aggregate(G, options, generator) -> d``, the direction written into the shared grads;
+    - ``adatask``: the per-task gradients go to the AdaTask optimizer (``options["pcgrad_on"]``: PCGrad first).
+    """
+
+    description: str
+    family: str
+    options: dict[str, Any] = field(default_factory=dict)
+    make_weighting: Callable[[int, dict[str, Any]], Any] | None = None
+    weights: Callable[..., Tensor] | None = None
+    total: Callable[..., Tensor] | None = None
+    aggregate: Callable[..., Tensor] | None = None
+    end_epoch: Callable[[Any], None] | None = None
+
+
+REGISTRY: dict[str, MethodSpec] = {
+    "ew": MethodSpec("equal weighting: one backward of the summed task losses", "loss-weighting", {},
+                     weights=_equal),
+    "uw": MethodSpec("uncertainty weighting (Kendall et al. 2018): learned task log-variances", "loss-weighting",
+                     {"kinds": "regression"}, lambda K, o: UncertaintyWeighting(K, o["kinds"]), _uw,
+                     total=lambda tr, L, w: tr.weighting(L)),
+    "dwa": MethodSpec("dynamic weight average (Liu et al. 2019): weights from the last two epochs' loss ratios",
+                      "loss-weighting", {"T": 2.0}, lambda K, o: DWA(K, o["T"]), _dwa,
+                      end_epoch=lambda weighting: weighting.end_epoch()),
+    "gradnorm": MethodSpec("GradNorm (Chen et al. 2018): weights balance gradient norms on the last shared layer",
+                           "loss-weighting", {"alpha": 1.5, "lr": 0.025},
+                           lambda K, o: GradNorm(K, o["alpha"], o["lr"]), _gradnorm),
+    "pcgrad": MethodSpec("PCGrad (Yu et al. 2020): project out conflicting components of task gradients",
+                         "gradient", {}, aggregate=lambda G, o, gen: pcgrad(G, gen)),
+    "mgda": MethodSpec("MGDA (Sener & Koltun 2018): min-norm combination of task gradients (ub=True: MGDA-UB)",
+                       "gradient", {"ub": False, "normalize": "none"},
+                       aggregate=lambda G, o, gen: mgda(G, o["normalize"])),
+    "cagrad": MethodSpec("CAGrad (Liu et al. 2021): conflict-averse direction near the mean gradient", "gradient",
+                         {"c": 0.5, "rescale": 0, "solver": "exact"},
+                         aggregate=lambda G, o, gen: cagrad(G, o["c"], o["rescale"], o["solver"])),
+    "adatask": MethodSpec("AdaTask (Yang et al. 2023): per-task adaptive accumulators for shared parameters",
+                          "adatask", {"missing": "skip"}),
+    "adatask+pcgrad": MethodSpec("AdaTask on PCGrad-projected task gradients", "adatask",
+                                 {"missing": "skip", "pcgrad_on": "gradients"}),
 }
+METHODS: dict[str, str] = {name: spec.description for name, spec in REGISTRY.items()}
+METHOD_OPTIONS: dict[str, dict[str, Any]] = {name: dict(spec.options) for name, spec in REGISTRY.items()}
 
 _BASE = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop,
          "adagrad": torch.optim.Adagrad}
-_GRADIENT_METHODS = ("pcgrad", "mgda", "cagrad", "adatask", "adatask+pcgrad")
 
 
 class MultiTaskTrainer:
@@ -87,7 +130,8 @@ class MultiTaskTrainer:
                  momentum: float = 0.0, reducer=None):
         if method not in METHODS:
             raise ConfigError(f"unknown multi-task method {method!r}; use one of {', '.join(METHODS)}")
-        adatask = method.startswith("adatask")
+        self.spec = REGISTRY[method]
+        adatask = self.spec.family == "adatask"
         if adatask and optimizer not in VARIANTS:
             raise ConfigError(f"AdaTask variant {optimizer!r} unknown; use one of {', '.join(VARIANTS)}")
         if not adatask and optimizer not in _BASE:
@@ -113,10 +157,9 @@ class MultiTaskTrainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.last_weights: list[float] | None = None
         K = len(self.tasks)
-        self.weighting = (UncertaintyWeighting(K, opts["kinds"]) if method == "uw" else
-                          DWA(K, opts["T"]) if method == "dwa" else
-                          GradNorm(K, opts["alpha"], opts["lr"]) if method == "gradnorm" else None)
-        if method == "uw":
+        make = self.spec.make_weighting
+        self.weighting = make(K, opts) if make is not None else None
+        if isinstance(self.weighting, nn.Module):  # learned weights live next to the model
             p = next(model.parameters())
             self.weighting.to(device=p.device, dtype=p.dtype)
 
@@ -136,16 +179,16 @@ class MultiTaskTrainer:
             self.sharing = detect_sharing(self.model, dict(zip(self.tasks, losses)))
         self.shared = self.sharing.shared_params(self.model)
         self.task_params = self.sharing.task_params(self.model)
-        if self.method in _GRADIENT_METHODS and not self.shared:
+        if self.spec.family != "loss-weighting" and not self.shared:
             raise ConfigError(f"{self.method} needs shared parameters but no parameter is reached by two tasks; "
                               "check the model or pass sharing=")
         kw = dict(lr=self.lr, weight_decay=self.weight_decay)
-        if self.method.startswith("adatask"):
-            pc = self.opts["pcgrad_on"] if self.method == "adatask+pcgrad" else None
+        if self.spec.family == "adatask":
+            pc = self.opts.get("pcgrad_on")
             self.optimizer = make_adatask(self.optimizer_name, self.shared, self.task_params, len(self.tasks),
                                           missing=self.opts["missing"], pcgrad=pc, generator=self.generator, **kw)
         else:
-            extra = list(self.weighting.parameters()) if self.method == "uw" else []
+            extra = list(self.weighting.parameters()) if isinstance(self.weighting, nn.Module) else []
             if self.optimizer_name == "sgd" and self.momentum:
                 kw["momentum"] = self.momentum
             self.optimizer = _BASE[self.optimizer_name](self.shared + self.task_params + extra, **kw)
@@ -189,26 +232,17 @@ class MultiTaskTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         L = torch.stack(losses)
         Lg = L.detach().clone() if self.reducer is None else self.reducer.mean_(L.detach().clone())
-        m, G = self.method, None
-        if m in ("ew", "uw", "dwa", "gradnorm"):
-            if m == "ew":
-                w = torch.ones_like(L)
-            elif m == "uw":
-                w = self.weighting.weights().to(L)
-            elif m == "dwa":
-                w = self.weighting.weights().to(L)
-                self.weighting.observe(Lg)
-            else:
-                norms = self._grads(losses, self.model.last_shared_parameters()).norm(dim=1)
-                w = self.weighting.update(Lg, norms).to(L)
+        spec, G = self.spec, None
+        if spec.family == "loss-weighting":
+            w = spec.weights(self, L, Lg, losses)
             if self.recorder is not None and self.shared:
                 G = self._grads(losses, self.shared) * w[:, None]
-            total = self.weighting(L) if m == "uw" else (w * L).sum()
+            total = spec.total(self, L, w) if spec.total is not None else (w * L).sum()
             total.backward()
             self._sync_grads([p for g in self.optimizer.param_groups for p in g["params"]])
             self.optimizer.step()
-        elif m in ("pcgrad", "mgda", "cagrad"):
-            if m == "mgda" and self.opts["ub"]:
+        elif spec.family == "gradient":
+            if self.opts.get("ub"):  # MGDA-UB: weights from the gradients w.r.t. the representation
                 a = self._mgda_ub(losses, z, L)
                 (a * L).sum().backward(inputs=self.shared, retain_graph=True)
                 self._sync_grads(self.shared)
@@ -217,13 +251,7 @@ class MultiTaskTrainer:
                     G = self._grads(losses, self.shared)
             else:
                 G = self._grads(losses, self.shared)
-                if m == "pcgrad":
-                    d = pcgrad(G, self.generator)
-                elif m == "mgda":
-                    d = mgda(G, self.opts["normalize"])
-                else:
-                    d = cagrad(G, self.opts["c"], self.opts["rescale"], self.opts["solver"])
-                write_grads(self.shared, d)
+                write_grads(self.shared, spec.aggregate(G, self.opts, self.generator))
                 w = None
             self._heads_backward(losses)
             self.optimizer.step()
@@ -239,8 +267,8 @@ class MultiTaskTrainer:
 
     def end_epoch(self) -> None:
         """Close a training epoch (DWA uses the epoch's average losses); a no-op for other methods."""
-        if self.method == "dwa":
-            self.weighting.end_epoch()
+        if self.spec.end_epoch is not None:
+            self.spec.end_epoch(self.weighting)
 
     # ------------------------------------------------------------ checkpoints
 
