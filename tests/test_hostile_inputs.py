@@ -214,6 +214,8 @@ CASES = [
                                                       [*RUN, "--out", str(d / "done"), "--resume"])[1], "results"),
     ("finished-not-results", lambda d, m: (_write(d / "done" / "finetune" / "results.json", b"[1, 2]"),
                                            [*RUN, "--out", str(d / "done"), "--resume"])[1], "results"),
+    ("multitask-model-cnn", lambda d, m: ["run", "synthetic-imbalanced", "--method", "ew", "--set", "model=cnn",
+                                          "--quiet", "--out", str(d / "o")], "lenet"),
     ("multitask-method-unknown", lambda d, m: ["run", "synthetic-imbalanced", "--method", "ewc", "--quiet",
                                                "--out", str(d / "o")], "ewc"),
 ]

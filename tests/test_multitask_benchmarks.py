@@ -101,7 +101,7 @@ def test_overlay_puts_left_top_left_and_right_bottom_right():
 def test_multimnist():
     d = B.build_multitask("multimnist", 0, {"n_train": 500, "n_test": 100})
     _check(d)
-    assert d.input_shape == (1, 36, 36) and d.task_names == ("left", "right") and d.encoder == "cnn"
+    assert d.input_shape == (1, 36, 36) and d.task_names == ("left", "right") and d.encoder == "lenet"
     assert (len(d.train), len(d.val), len(d.test)) == (450, 50, 100)
     assert float(d.train.x.max()) <= 1.0 and (d.train.y["left"] != d.train.y["right"]).any()
     again = B.build_multitask("multimnist", 0, {"n_train": 500, "n_test": 100})

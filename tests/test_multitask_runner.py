@@ -110,7 +110,7 @@ class _Stop(Exception):
 @pytest.mark.parametrize("method,extra", [("adatask+pcgrad", {"record_au": True}), ("gradnorm", {}),
                                           ("dwa", {})])
 def test_resume_equals_uninterrupted(tmp_path, method, extra):
-    cfg = _cfg(epochs=3, methods={method: extra})
+    cfg = _cfg(epochs=3, methods={method: extra}, checkpoint_minutes=0.0)
     full = run_multitask("synthetic-imbalanced", method, cfg, tmp_path / "a")
 
     def stop(path, epoch):
@@ -141,9 +141,9 @@ def test_checkpoint_from_other_settings_is_refused(tmp_path):
         raise _Stop
 
     with pytest.raises(_Stop):
-        run_multitask("synthetic-imbalanced", "ew", _cfg(), tmp_path, on_checkpoint=stop)
+        run_multitask("synthetic-imbalanced", "ew", _cfg(checkpoint_minutes=0.0), tmp_path, on_checkpoint=stop)
     with pytest.raises(ConfigError, match="other settings"):
-        run_multitask("synthetic-imbalanced", "ew", _cfg(lr=0.02), tmp_path, resume=True)
+        run_multitask("synthetic-imbalanced", "ew", _cfg(lr=0.02, checkpoint_minutes=0.0), tmp_path, resume=True)
 
 
 def test_record_au_writes_the_plot_and_shares(tmp_path):

