@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-RUN="$PY -m taskshare.engine.multioutput"
+RUN="$PY -m taskshare.cli run"
 M=stl,ew,uw,dwa,gradnorm,pcgrad,mgda,cagrad,adatask,adatask+pcgrad
 COMMON="--seed 0 --set optimizer=adam --set lr=0.001 --set batch_size=128"
 epochs() { case $1 in synthetic-imbalanced) echo 30;; multimnist) echo 8;; adult) echo 8;; clothing-reviews) echo 30;; esac; }
