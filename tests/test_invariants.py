@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import reference_runs as ref
+from taskshare.core.artifacts import content_sha256, read_artifact
 from taskshare.core.serialize import load_tensors
 from taskshare.data.multioutput import build_multitask
 from taskshare.engine.lifelong import run_method
@@ -86,11 +87,15 @@ def test_multi_output_artifacts_rebuild_the_selected_model(method, tmp_path):
     art = tmp_path / method / "artifacts"
     if method == "stl":
         model = SingleTaskNets({t: build_model(data, 1, "auto", (t,)) for t in data.task_names})
-        for t in data.task_names:
-            model.nets[t].load_state_dict(load_tensors(art / f"{t}.safetensors")[0])
+        parts, base_fp = model.nets, content_sha256({})
     else:
         model = build_model(data, 1, "auto")  # another seed: every tensor must come from the files
-        model.encoder.load_state_dict(load_tensors(art / "base.safetensors")[0])
-        for t in data.task_names:
-            model.heads[t].load_state_dict(load_tensors(art / f"{t}.safetensors")[0])
+        enc, header = load_tensors(art / "base.safetensors")
+        model.encoder.load_state_dict(enc)
+        parts, base_fp = model.heads, header["base_fingerprint"]
+        assert base_fp == content_sha256(enc)
+    for t in data.task_names:
+        side, tensors = read_artifact(art / t)  # the checked task-artifact format (checksums, header = sidecar)
+        assert side["task"] == t and side["method"] == method and side["base_fingerprint"] == base_fp
+        parts[t].load_state_dict(tensors)
     assert evaluate(model, data.test, data.tasks) == res["task_metrics"]

@@ -75,7 +75,8 @@ def test_results_fields_and_delta_m_against_a_stubbed_stl(tmp_path):
     assert r["best_epoch"] == 1 + max(range(len(val_dm)), key=lambda i: (val_dm[i], -i))
     assert r["val_delta_m"] == pytest.approx(max(val_dm))
     assert r["params"]["base"] == 6 * 12 + 12 and r["params"]["added_per_task"] == [13, 13, 13]
-    sizes = {t: (tmp_path / "ew" / "artifacts" / f"{t}.safetensors").stat().st_size for t in r["tasks"]}
+    art = tmp_path / "ew" / "artifacts"  # a task's bytes: its tensor file and its sidecar, as for lifelong runs
+    sizes = {t: (art / f"{t}.safetensors").stat().st_size + (art / f"{t}.json").stat().st_size for t in r["tasks"]}
     assert r["artifact_bytes"] == sizes
     assert (tmp_path / "ew" / "artifacts" / "base.safetensors").is_file()
     assert not (tmp_path / "ew" / "checkpoint.safetensors").exists()

@@ -57,13 +57,21 @@ def save_task(tt: TaskTensors, task: str, path: str | Path, *, omit: Iterable[st
               meta: dict[str, Any] | None = None) -> int:
     """Save `task`'s tensors (minus `omit`, which must equal the base on load). Returns bytes written."""
     tensors = {n: t for n, t in tt.tensors(task).items() if n not in set(omit)}
-    fingerprint = tt.fingerprint()
+    params = {n for n in tensors if tt.is_param(n)}
+    return write_artifact(path, task, tensors, params, tt.fingerprint(), omit=omit, meta=meta)
+
+
+def write_artifact(path: str | Path, task: str, tensors: dict[str, torch.Tensor], params: set[str],
+                   base_fingerprint: str, *, omit: Iterable[str] = (), meta: dict[str, Any] | None = None) -> int:
+    """The artifact of one task in the checked format: `tensors` (those named in `params` are parameters, the
+    rest buffers), the fingerprint of the base they go onto, and free-form `meta` (``meta["method"]`` is
+    recorded as the method). Every writer of task artifacts goes through here. Returns bytes written."""
     entries = {n: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."),
-                   "kind": "param" if tt.is_param(n) else "buffer",
-                   "trainable": bool(t.requires_grad)} for n, t in tensors.items()}
+                   "kind": "param" if n in params else "buffer",
+                   "trainable": bool(t.requires_grad) and n in params} for n, t in tensors.items()}
     method = str((meta or {}).get("method", ""))
     sha = content_sha256(tensors)
-    sidecar = {"format": FORMAT, "task": task, "method": method, "base_fingerprint": fingerprint, "sha256": sha,
+    sidecar = {"format": FORMAT, "task": task, "method": method, "base_fingerprint": base_fingerprint, "sha256": sha,
                "tensors": entries, "omitted": sorted(set(omit)), "meta": meta or {}}
     try:  # as it will read back (int keys become strings, tuples lists): the digest is of what is on disk
         sidecar = json.loads(json.dumps(sidecar))
@@ -71,7 +79,7 @@ def save_task(tt: TaskTensors, task: str, path: str | Path, *, omit: Iterable[st
         raise TypeError(f"save_task({task!r}): meta must be JSON-serialisable ({e})") from None
     st_path, json_path = artifact_paths(path)
     size = save_tensors(st_path, tensors, {"format": FORMAT, "task": task, "method": method,
-                                           "base_fingerprint": fingerprint, "sha256": sha,
+                                           "base_fingerprint": base_fingerprint, "sha256": sha,
                                            "sidecar_sha256": sidecar_sha256(sidecar)})
     atomic_write_json(json_path, sidecar)
     return size + json_path.stat().st_size

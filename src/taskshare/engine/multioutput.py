@@ -12,8 +12,9 @@
   validation metrics, validation Δm, loss weights), ``stl_baseline`` (where the single-task numbers come
   from: path relative to this folder, config, their test and validation metrics) and ``delta_m`` / ``val_delta_m`` (percent,
   ``taskshare.results.metrics.delta_m``: positive = better than single-task);
-- ``artifacts/base.safetensors`` (the shared encoder) and ``artifacts/<task>.safetensors`` (each head,
-  with the base's sha256 in its metadata); for ``stl`` each task's whole network;
+- ``artifacts/base.safetensors`` (the shared encoder, its ``base_fingerprint`` in the header) and one task
+  artifact per task (``<task>.safetensors`` + ``.json``, the checked format of ``core.artifacts``: its head,
+  on that base fingerprint); for ``stl`` each task's whole network on an empty base;
 - ``au.png`` and an ``au`` entry in results.json when ``<method>.record_au=true``: each task's share of
   the average squared update (rAU, AdaTask paper Eqs. 4-6) per shared layer, and ``OUT/au_compare.png``
   with every run in OUT that recorded it (e.g. ew under Adam next to adatask);
@@ -39,7 +40,6 @@ writes every file.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import sys
 from collections.abc import Callable, Mapping
@@ -51,6 +51,7 @@ from torch import Tensor, nn
 
 from taskshare import progress
 from taskshare.core.checkpoint import check_multi_output, restoring
+from taskshare.core.artifacts import content_sha256, write_artifact
 from taskshare.core.paths import safe_name
 from taskshare.core.serialize import read_json, save_tensors
 from taskshare.engine.run import CHECKPOINT, Run, identity, state_bytes, versions
@@ -127,14 +128,6 @@ def _numel(module: nn.Module) -> int:
 
 def _clone_state(module: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def _sha(tensors: Mapping[str, Tensor]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(tensors):
-        h.update(k.encode())
-        h.update(tensors[k].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _au_kind(method: str, cfg: RunConfig) -> str:
@@ -330,22 +323,19 @@ def _results(r: _MultiOutput, test, val_metrics, write: bool) -> dict[str, Any]:
     hib = data.higher_is_better()
     art = run_dir / "artifacts"
     sizes: dict[str, int] = {}
-    if method == "stl":
+    if method == "stl":  # each task's whole network stands alone (an empty base)
         base, added = 0, [_numel(model.nets[t]) for t in names]
-        for t in names:
-            st = model.nets[t].state_dict()
-            sizes[t] = save_tensors(art / f"{safe_name(t)}.safetensors", st, {"task": t, "kind": "single-task network"}) \
-                if write else 0
+        fp, parts = content_sha256({}), {t: model.nets[t] for t in names}
     else:
         base, added = _numel(model.encoder), [_numel(model.heads[t]) for t in names]
         enc = model.encoder.state_dict()
-        fp = _sha(enc)
+        fp, parts = content_sha256(enc), {t: model.heads[t] for t in names}
         if write:
-            save_tensors(art / "base.safetensors", enc, {"kind": "shared encoder", "sha256": fp})
-        for t in names:
-            st = model.heads[t].state_dict()
-            sizes[t] = save_tensors(art / f"{safe_name(t)}.safetensors", st, {"task": t, "base_sha256": fp}) \
-                if write else 0
+            save_tensors(art / "base.safetensors", enc, {"base_fingerprint": fp, "kind": "shared encoder"})
+    for t, module in parts.items():
+        tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+        sizes[t] = write_artifact(art / safe_name(t), t, tensors, {n for n, _ in module.named_parameters()}, fp,
+                                  meta={"method": method, "benchmark": benchmark}) if write else 0
     accs = [test[t].get("acc") for t in names]
     if all(a is not None for a in accs):
         acc_matrix = [[None] * len(names) for _ in range(len(names) - 1)] + [accs]
