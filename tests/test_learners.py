@@ -191,3 +191,13 @@ def test_joint_uses_each_samples_own_head(stream, cfg):
     joint.observe_mixed(x, y, torch.full_like(y, 1))
     assert torch.equal(joint.tt.tensors("t0")["head.weight"], heads_before["t0"])  # no sample of t0: no gradient
     assert not torch.equal(joint.tt.tensors("t1")["head.weight"], heads_before["t1"])
+
+
+@pytest.mark.parametrize("method", SINGLE_BASE + ["par"])
+def test_learners_see_only_how_to_train(method, stream, cfg):
+    """A learner gets its own Options and the training settings, not the benchmark, outputs or other sections."""
+    from taskshare.config import TrainSettings
+    cfg.methods = {"ewc": {"lambda": 5.0}}
+    learner = METHODS[method](cfg, options(method), stream[0].input_shape)
+    assert isinstance(learner.cfg, TrainSettings) and learner.cfg.lr == cfg.lr
+    assert not any(hasattr(learner.cfg, k) for k in ("methods", "benchmark", "limit", "checkpoint_minutes"))

@@ -83,9 +83,13 @@ def test_ctrl_c_during_the_search_stops_it(monkeypatch):
     monkeypatch.setattr(search_module, "_epoch", interrupted)
     cfg = RunConfig(epochs=1, batch_size=16, lr=0.05, checkpoint_minutes=1e9)
     par = PAR(cfg, PAR.Options(extractor="raw", channels=4, cells=2, steps=2, search_epochs=5), (1, 8, 8))
+    task = gauss_task("a", 0, 1)
     with pytest.raises(KeyboardInterrupt):
-        par.begin_task(gauss_task("a", 0, 1), 0)
-    assert len(calls) == 2
+        par.begin_task(task, 0)
+    assert len(calls) == 2 and par.decisions == [] and par.experts == []
+    monkeypatch.undo()  # a retry after the interrupt starts clean (no relatedness to its own stale prototypes)
+    par.begin_task(task, 0)
+    assert par.decisions[0]["relatedness"] == {} and len(par.decisions[0]["search_acc"]) == 5
 
 
 def test_search_shows_progress_unless_quiet(capsys):

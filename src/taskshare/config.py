@@ -43,6 +43,30 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class TrainSettings:
+    """The run settings a learner may read: how to train, not what to run on or where to write
+    (no benchmark, limit, checkpoint or method sections; each learner gets its own Options besides)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str
+    momentum: float
+    weight_decay: float
+    model: str
+    precision: str
+    device: str
+    seed: int
+    eval_batch_size: int
+
+    @classmethod
+    def of(cls, cfg: "RunConfig | TrainSettings") -> "TrainSettings":
+        if isinstance(cfg, TrainSettings):
+            return cfg
+        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
+
+
 CHOICES = {"optimizer": ("sgd", "adam"), "precision": ("fp32", "bf16")}
 MAX_SEED = 2**32 - 1
 MAX_LR = 1e6          # beyond this no optimizer step is meaningful (and 1e39 does not fit float32)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from taskshare.core import TaskTensors, save_task
-from taskshare.config import RunConfig
+from taskshare.config import RunConfig, TrainSettings
 from taskshare.models import HEAD_SLOTS, TaskNet, build_backbone, head_logits, new_head
 
 
@@ -46,14 +46,16 @@ def train_mode(net: nn.Module, mode: bool = True) -> None:
         net.train(mode)
 
 
-def make_optimizer(params: Iterable[nn.Parameter], cfg: RunConfig) -> torch.optim.Optimizer:
+def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainSettings) -> torch.optim.Optimizer:
+    """The one optimizer builder of the learners: SGD (with the run's momentum) or Adam, at the run's lr and
+    weight decay, over the parameters that require gradients."""
     params = [p for p in params if p.requires_grad]
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def default_model(cfg: RunConfig, input_shape: tuple[int, ...]) -> str:
+def default_model(cfg: TrainSettings, input_shape: tuple[int, ...]) -> str:
     if cfg.model != "auto":
         return cfg.model
     return "resnet18" if len(input_shape) == 3 and input_shape[0] == 3 else "mlp"
@@ -78,8 +80,8 @@ class Learner(ABC):
     not_data_parallel: ClassVar[str] = ""  # why it cannot train exactly under torchrun (empty: it can)
     has_train_bn: bool = False             # BatchNorm layers train (statistics from the batch)
 
-    def __init__(self, cfg: RunConfig, options: Any, input_shape: tuple[int, ...]):
-        self.cfg = cfg
+    def __init__(self, cfg: RunConfig | TrainSettings, options: Any, input_shape: tuple[int, ...]):
+        self.cfg = TrainSettings.of(cfg)  # only how to train: no benchmark, output or other methods' options
         self.options = options
         self.input_shape = tuple(input_shape)
         self.device = torch.device(cfg.device)
@@ -168,7 +170,7 @@ class SharedBackboneLearner(Learner):
     fine-tuning.
     """
 
-    def __init__(self, cfg: RunConfig, options: Any, input_shape: tuple[int, ...]):
+    def __init__(self, cfg: RunConfig | TrainSettings, options: Any, input_shape: tuple[int, ...]):
         super().__init__(cfg, options, input_shape)
         backbone = build_backbone(default_model(cfg, input_shape), input_shape, task_seed(cfg.seed, 0, salt=1))
         self.net = TaskNet(backbone).to(self.device)

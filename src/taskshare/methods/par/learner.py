@@ -178,6 +178,7 @@ class PAR(Learner):
         self._seen = 0
         o = self.options
         n_train = len(task.train)
+        self.prototypes.pop(task.name, None)  # left by a begin_task interrupted before its decision (Ctrl-C)
         rel, div, split = self._relatedness(task)
         scores = expert_scores(rel, [self._scored_tasks(e) for e in self.experts], o.score)
         action, closest = route(scores, n_train=n_train, expert_max_train=[e.max_train for e in self.experts],
