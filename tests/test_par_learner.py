@@ -93,7 +93,7 @@ def test_parameter_accounting(three):
     assert par.tt.count("a")["params"] == body + head
     assert par.tt.count("b")["params"] == sum(p.numel() for n, p in par.experts[1].net.named_parameters()
                                               if not n.startswith("head.")) + head
-    assert par.tt.count_shared() == 0 and par.tt.shared_named_tensors() == {}
+    assert par.shared_parameter_count() == 0 and par.shared_tensors() == {}
     assert set(par.tt.tensors("a-small")) == {"head.weight", "head.bias"}
 
 

@@ -230,16 +230,15 @@ def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benc
 
 def save_artifacts(learner, names: list[str], art_dir: Path) -> tuple[dict[str, int], int]:
     """base.safetensors (shared tensors) + one artifact per task; returns ({task: bytes}, base bytes)."""
-    tt = learner.tt
-    base = save_tensors(art_dir / "base.safetensors", tt.shared_named_tensors(),
-                        {"base_fingerprint": tt.fingerprint()})
+    base = save_tensors(art_dir / "base.safetensors", learner.shared_tensors(),
+                        {"base_fingerprint": learner.base_fingerprint()})
     sizes = {name: learner.save_artifact(name, art_dir / safe_name(name)) for name in names}
     return sizes, base
 
 
 def _results(run: Run, learner, benchmark, method, cfg, names, rows, val_acc) -> dict[str, Any]:
     sizes, _ = save_artifacts(learner, names, run.run_dir / "artifacts")
-    base = learner.tt.count_shared()
+    base = learner.shared_parameter_count()
     added = [learner.added_parameters(n) for n in names]
     final = rows[-1]
     complete = all(rows[j][j] is not None for j in range(len(rows)))

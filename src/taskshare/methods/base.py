@@ -70,7 +70,8 @@ class Learner(ABC):
     and for offline learners (``offline = True``): begin_all(tasks), then epochs of observe_mixed(x, y, ids).
     It reads nothing else: `optimizers()` (the data-parallel gradient reducer is attached to them),
     `tensors()` (what data-parallel ranks broadcast and compare), `has_train_bn` (BatchNorm in train mode:
-    a batch shard needs two samples), `state_dict()`, `save_artifact`, `added_parameters`, `extra_results`.
+    a batch shard needs two samples), `state_dict()`, `save_artifact`, `shared_tensors()` /
+    `base_fingerprint()` / `shared_parameter_count()` (the base), `added_parameters`, `extra_results`.
     """
 
     name: ClassVar[str]
@@ -115,6 +116,17 @@ class Learner(ABC):
     def optimizers(self) -> list[torch.optim.Optimizer]:
         """Every optimizer the learner steps (built by `make_optimizer`)."""
         return [self.optimizer] if self.optimizer is not None else []
+
+    def shared_tensors(self) -> dict[str, torch.Tensor]:
+        """What every task shares (written as artifacts/base.safetensors); empty when nothing is shared."""
+        return self.tt.shared_named_tensors()
+
+    def base_fingerprint(self) -> str:
+        """The fingerprint task artifacts are saved against (`TaskTensors.fingerprint`)."""
+        return self.tt.fingerprint()
+
+    def shared_parameter_count(self) -> int:
+        return self.tt.count_shared()
 
     def tensors(self) -> list[torch.Tensor]:
         """The network's tensors (shared, base and every task's), in the same order in every process."""

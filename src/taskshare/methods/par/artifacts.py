@@ -39,7 +39,7 @@ def save_artifact(par, task: str, path: str | Path) -> int:
     for key, store in ((PROTOTYPES, par.prototypes), (EXPERT_PROTOTYPES, par.expert_prototypes)):
         if task in store:
             tensors[key] = store[task]
-    fingerprint = par.tt.fingerprint() if role == "owner" else expert.tt.fingerprint()
+    fingerprint = par.base_fingerprint() if role == "owner" else expert.tt.fingerprint()
     o = par.options
     info = {"role": role, "owner": expert.owner, "layout": expert.layout, "genotype": expert.genotype.to_dict(),
             "in_channels": expert.in_channels, "channels": o.channels, "cells": o.cells,

@@ -222,3 +222,8 @@ class Expert:
     @property
     def owner(self) -> str:
         return self.tasks[0]
+
+    def state(self) -> dict:
+        """What a checkpoint keeps of the expert (`PAR.load_state_dict` rebuilds it)."""
+        return {"genotype": self.genotype.to_dict(), "in_channels": self.in_channels, "tasks": list(self.tasks),
+                "max_train": self.max_train, "layout": self.layout, "tt": self.tt.state()}

@@ -5,7 +5,8 @@ The paper, its equations, the official code's departures and every choice are in
 """
 from __future__ import annotations
 
-from pathlib import Path
+import hashlib
+
 from typing import Any
 
 import torch
@@ -308,6 +309,16 @@ class PAR(Learner):
         """The 0-based epoch of the current task's next batch (samples observed // training-set size)."""
         return self._seen // self._epoch_size
 
+    def shared_tensors(self) -> dict[str, torch.Tensor]:
+        """Nothing is shared by every task: each expert is its owner's artifact (the base is empty)."""
+        return {}
+
+    def base_fingerprint(self) -> str:
+        return hashlib.sha256(b"slots:").hexdigest()  # as TaskTensors over an empty shared part
+
+    def shared_parameter_count(self) -> int:
+        return 0
+
     def tensors(self) -> list[torch.Tensor]:
         """Every expert's tensors (shared, base and its tasks'), expert by expert."""
         out: list[torch.Tensor] = []
@@ -437,11 +448,6 @@ class PAR(Learner):
         return self.tt.count(task)
 
     # ------------------------------------------------------------------------------------ checkpoints
-    @staticmethod
-    def _expert_state(e: Expert) -> dict[str, Any]:
-        return {"genotype": e.genotype.to_dict(), "in_channels": e.in_channels, "tasks": list(e.tasks),
-                "max_train": e.max_train, "layout": e.layout, "tt": e.tt.state()}
-
     def _restore_expert(self, state: dict[str, Any], existing: Expert | None) -> Expert:
         genotype = Genotype.from_dict(state["genotype"])
         layout = state.get("layout", "expert")
@@ -459,11 +465,11 @@ class PAR(Learner):
                 "timing": {"par_search_s": dict(self.search_seconds)}}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"experts": [self._expert_state(e) for e in self.experts],
+        return {"experts": [e.state() for e in self.experts],
                 "task_expert": dict(self.task_expert),
                 "prototypes": dict(self.prototypes), "expert_prototypes": dict(self.expert_prototypes),
                 "decisions": [dict(d) for d in self.decisions], "current": self.current,
-                "teacher": None if self.teacher is None else self._expert_state(self.teacher),
+                "teacher": None if self.teacher is None else self.teacher.state(),
                 "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
                 "extractor_name": self.extractor_name, "seen": self._seen,
                 "search_seconds": dict(self.search_seconds)}
@@ -490,10 +496,5 @@ class PAR(Learner):
             self.optimizer.load_state_dict(state["optimizer"])
 
     # --------------------------------------------------------------------------------------- artifacts
-    def save_artifact(self, task: str, path: str | Path) -> int:
-        """Write `task`'s artifact (see `par.artifacts.save_artifact`); returns the bytes written."""
-        return save_artifact(self, task, path)
-
-    def load_artifact(self, path: str | Path) -> str:
-        """Add the task saved by `save_artifact` at `path` (see `par.artifacts.load_artifact`); returns its name."""
-        return load_artifact(self, path)
+    save_artifact = save_artifact  # (par, task, path) -> bytes: see par/artifacts.py
+    load_artifact = load_artifact  # (par, path) -> task name: see par/artifacts.py

@@ -1,9 +1,9 @@
-"""`PARTensors`: PAR's tensors as the runner sees a learner's ``tt`` (count, artifacts, fingerprint).
+"""`PARTensors`: PAR's per-task accounting view over its experts (what each task added, and its artifact).
 
 PAR has no single base network: each expert is its own `TaskTensors` (the expert's cell network is that
 TaskTensors' shared part; each task on the expert owns a head slot, plus BN statistics slots with
-``bn="task"``, plus the unit slots of `units.py` once the expert carries units). This view answers the calls
-the runner makes on ``learner.tt``:
+``bn="task"``, plus the unit slots of `units.py` once the expert carries units). The engine never reads
+it (it calls the learner contract: `PAR.added_parameters`, `PAR.shared_tensors` = {}, ...); PAR uses it for:
 
 - ``count(task)``: what the task ADDED, by its role (`PAR.role`):
 
@@ -18,12 +18,12 @@ the runner makes on ``learner.tt``:
 
 - ``tensors(task)``: the same tensors (module names, e.g. ``cells.0...``, ``head.weight``): what the task's
   artifact holds (`PAR.save_artifact`).
-- ``count_shared()`` = 0 and ``shared_named_tensors()`` = {}: nothing is shared by all tasks (as with
-  expert-per-task); ``fingerprint()`` is that of the empty base.
+
+Nothing is shared by all tasks (as with expert-per-task): `PAR.shared_tensors()` is empty and
+`PAR.base_fingerprint()` is that of the empty base.
 """
 from __future__ import annotations
 
-import hashlib
 
 import torch
 
@@ -81,18 +81,6 @@ class PARTensors:
             else:
                 buffers += t.numel()
         return {"params": params, "buffers": buffers}
-
-    def count_shared(self) -> int:
-        return 0
-
-    def shared_named_tensors(self) -> dict[str, torch.Tensor]:
-        return {}
-
-    def shared_parameters(self, trainable_only: bool = False) -> list[torch.nn.Parameter]:
-        return []
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(b"slots:").hexdigest()  # as TaskTensors over an empty shared part
 
 
 class ArtifactView:
