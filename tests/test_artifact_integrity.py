@@ -292,13 +292,16 @@ def test_lock_is_exclusive_names_the_holder_and_is_released(tmp_path):
 
 def test_orphaned_temporary_files_are_removed(tmp_path):
     (tmp_path / "m" / "artifacts").mkdir(parents=True)
-    orphan = tmp_path / "m" / ".checkpoint.safetensors.abc123.tmp"
+    orphan = tmp_path / "m" / ".checkpoint.safetensors.abc12_xy.tmp"
     orphan.write_bytes(b"half")
-    (tmp_path / "m" / "artifacts" / ".a.json.x.tmp").write_bytes(b"half")
-    keep = tmp_path / "m" / "results.json"
-    keep.write_text("{}")
+    (tmp_path / "m" / "artifacts" / ".a.json.k9x0_q2w.tmp").write_bytes(b"half")
+    keep = [tmp_path / "m" / "results.json", tmp_path / ".notes.tmp",  # not taskshare's pattern
+            tmp_path / "m" / "deep" / "er" / ".x.abcdefgh.tmp"]       # not where taskshare writes
+    for k in keep:
+        k.parent.mkdir(parents=True, exist_ok=True)
+        k.write_text("{}")
     assert len(remove_orphans(tmp_path)) == 2
-    assert not orphan.exists() and keep.exists()
+    assert not orphan.exists() and all(k.exists() for k in keep)
 
 
 def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch):

@@ -173,6 +173,9 @@ CASES = [
         "--out", str(d / "o")], "cannot read image"),
     ("imagefolder-one-class", lambda d, m: ["run", f"imagefolder:{_image_folder(d / 'img', classes=1)}", "--quiet",
                                             "--out", str(d / "o")], "class"),
+    ("imagefolder-names-collide", lambda d, m: [
+        "run", f"imagefolder:{_image_folder(d / 'a b')},{_image_folder(d / 'a_b')}", "--quiet", "--epochs", "1",
+        "--out", str(d / "o")], "same artifact file"),
     ("out-is-a-file", lambda d, m: [*RUN, "--out", str(_write(d / "f", b"x"))], "is a file"),
     ("out-under-a-file", lambda d, m: [*RUN, "--out", str(_write(d / "f", b"x") / "sub")], "is a file"),
     ("out-unwritable", lambda d, m: [*RUN, "--out", "/proc/taskshare-test-out"], "not writable"),

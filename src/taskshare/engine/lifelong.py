@@ -177,6 +177,16 @@ class _Lifelong:
             self.checkpoint(i + 1, 0)
 
 
+def _check_file_names(names: list[str]) -> None:
+    """Each task's artifact file name (`safe_name`) must be its own: two tasks must not overwrite each other."""
+    seen: dict[str, str] = {}
+    for name in names:
+        other = seen.setdefault(safe_name(name), name)
+        if other != name:
+            raise ConfigError(f"tasks {other!r} and {name!r} would write the same artifact file "
+                              f"{safe_name(name)!r}: rename one of them (e.g. its folder)")
+
+
 def _build_learner(cls, stream, tasks, cfg: RunConfig, options):
     torch.manual_seed(cfg.seed)
     learner_cfg = cfg  # model=auto on a stream that names its backbone (transfer benchmarks) means that one
@@ -202,6 +212,7 @@ def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benc
     if done is not None:
         return done
     tasks = [t.limit(cfg.limit, seed=cfg.seed) if cfg.limit else t for t in stream.tasks]
+    _check_file_names([t.name for t in tasks])
     learner = _build_learner(cls, stream, tasks, cfg, options)
     run.need_space(state_bytes(learner.tensors()))
     reducer = ddp.GradReducer() if di.enabled else None

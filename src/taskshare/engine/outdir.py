@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -98,20 +99,24 @@ class RunLock:
         self.release()
 
 
+_ORPHAN = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # core.serialize.atomic_write_bytes: .NAME.XXXXXXXX.tmp
+
+
 def remove_orphans(folder: str | os.PathLike) -> list[Path]:
-    """Delete ``.NAME.*.tmp`` files (left by an interrupted atomic write) in `folder` and its subfolders.
+    """Delete the temporary files an interrupted atomic write left (``.NAME.XXXXXXXX.tmp``) where taskshare
+    writes: ``folder``, its method folders and their ``artifacts/`` (nowhere deeper, nothing else).
 
     Call it only while holding the folder's RunLock: then no other writer can own them.
     """
-    removed = []
     root = Path(folder)
-    if not root.is_dir():
-        return removed
-    for p in root.rglob(".*.tmp"):
-        if p.is_file() and not p.is_symlink():
-            try:
-                p.unlink()
-                removed.append(p)
-            except OSError:
-                pass
+    places = [root, *(p for p in root.glob("*") if p.is_dir()), *(p for p in root.glob("*/artifacts") if p.is_dir())]
+    removed = []
+    for place in places:
+        for p in place.glob(".*.tmp"):
+            if _ORPHAN.match(p.name) and p.is_file() and not p.is_symlink():
+                try:
+                    p.unlink()
+                    removed.append(p)
+                except OSError:
+                    pass
     return removed
