@@ -29,7 +29,8 @@ class RunConfig:
     optimizer: str = "sgd"            # sgd | adam
     momentum: float = 0.9             # SGD only
     weight_decay: float = 0.0
-    model: str = "auto"               # mlp | cnn | resnet18 | auto (mlp for MNIST-sized inputs, resnet18 for 3x32x32)
+    model: str = "auto"               # auto | mlp | cnn | resnet18 | mobilenetv2 | mobilenetv2-random | minilm
+                                      # (models.build_backbone; multi-output sets: auto | mlp | lenet)
     limit: int | None = None          # cap on training samples per task (quick runs)
     precision: str = "fp32"           # fp32 | bf16 (CPU autocast)
     device: str = "cpu"

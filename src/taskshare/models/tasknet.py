@@ -44,10 +44,35 @@ def new_head(in_dim: int, num_classes: int, generator: torch.Generator) -> dict[
     return {"head.weight": w, "head.bias": b}
 
 
-def build_backbone(name: str, input_shape: tuple[int, ...], seed: int) -> nn.Module:
-    """Build a backbone with weights drawn from `seed` (independent of the global RNG's state)."""
+PRETRAINED = ("mobilenetv2", "mobilenetv2-random", "minilm")  # transfer backbones (weights from packages)
+ALL_BACKBONES = (*BACKBONES, *PRETRAINED)
+
+
+def token_input(input_shape: tuple[int, ...]) -> bool:
+    """Pre-tokenized text: samples of shape (2, L) = [input_ids, attention_mask] (`models.minilm.tokenize`)."""
+    return len(input_shape) == 2 and input_shape[0] == 2
+
+
+def build_backbone(name: str, input_shape: tuple[int, ...], seed: int, *, width: float = 1.0, image_size: int = 32,
+                   weights: str | None = None, sha256: str | None = None) -> nn.Module:
+    """The one backbone builder, by name (`ALL_BACKBONES`), weights drawn from `seed` (independent of the global
+    RNG's state): mlp, cnn, resnet18; mobilenetv2 (ImageNet; `width` 1.0), mobilenetv2-random (`width`),
+    both at `image_size`; minilm (all-MiniLM-L6-v2). `weights` (+ `sha256`): your own file or directory."""
+    if name in ("mobilenetv2", "mobilenetv2-random"):
+        from taskshare.models.mobilenetv2 import MobileNetV2Backbone
+        pretrained = name == "mobilenetv2"
+        if pretrained and width != 1.0:
+            raise ConfigError("the ImageNet MobileNetV2 has width 1.0: use backbone=mobilenetv2-random for "
+                              f"width {width}")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            bb = MobileNetV2Backbone(input_shape, width, image_size)
+        return bb.load_imagenet(weights, sha256) if pretrained else bb
+    if name == "minilm":
+        from taskshare.models.minilm import minilm
+        return minilm(weights, sha256)
     if name not in BACKBONES:
-        raise ConfigError(f"unknown model {name!r}: choose one of {', '.join(BACKBONES)} (--set model=NAME)")
+        raise ConfigError(f"unknown model {name!r}: choose one of {', '.join(ALL_BACKBONES)} (--set model=NAME)")
     cls, _ = BACKBONES[name]
     if name != "mlp" and len(input_shape) != 3:
         raise ConfigError(f"model {name!r} needs image inputs (C, H, W), got shape {input_shape}: use --set model=mlp")

@@ -68,17 +68,17 @@ has no norm layers) are frozen random features plus patches; ``minilm`` is all-M
 pre-tokenized text (see `taskshare.models.minilm`). Scale-bias patches of the pretrained network want a
 smaller learning rate than a head alone (SGD 0.005-0.01 with momentum 0.9; 0.05 diverges).
 """
-from taskshare.methods.blocks.backbones import PATCH_BACKBONES, build_patch_backbone, token_input
 from taskshare.methods.blocks.patching import (BN_STATS, KINDS, NORMS, available_kinds, bn_stat_slots, count_patch,
                                                find_head, folded_bn, is_depthwise, kind_slots, parse_kinds,
                                                patch_slots, save_patch)
-from taskshare.methods.patches.config import MODES, PatchesOptions, PatchOptions
+from taskshare.methods.patches.config import MODES, PATCH_BACKBONES, PatchesOptions, PatchOptions
 from taskshare.methods.patches.inspect import INSPECT_BACKBONES, inspect_backbone
-from taskshare.methods.patches.learner import NAMED_PATCHES, Patches, PatchesMultiTask, patch_methods
+from taskshare.methods.patches.learner import NAMED_PATCHES, Patches, PatchesMultiTask, patch_backbone, patch_methods
+from taskshare.models import build_backbone, token_input
 from taskshare.methods.patches.mixed import TaskStacks, mixed_forward, stack_tasks
 
 __all__ = ["BN_STATS", "INSPECT_BACKBONES", "KINDS", "MODES", "NAMED_PATCHES", "NORMS", "PATCH_BACKBONES",
            "PatchOptions", "Patches", "PatchesMultiTask", "PatchesOptions", "TaskStacks", "available_kinds",
-           "bn_stat_slots", "build_patch_backbone", "count_patch", "find_head", "folded_bn", "inspect_backbone",
-           "is_depthwise", "kind_slots", "mixed_forward", "parse_kinds", "patch_methods", "patch_slots",
+           "bn_stat_slots", "build_backbone", "count_patch", "find_head", "folded_bn", "inspect_backbone",
+           "is_depthwise", "kind_slots", "mixed_forward", "parse_kinds", "patch_backbone", "patch_methods", "patch_slots",
            "save_patch", "stack_tasks", "token_input"]

@@ -4,10 +4,12 @@ from __future__ import annotations
 import dataclasses
 
 from taskshare.errors import ConfigError
-from taskshare.methods.blocks.backbones import PATCH_BACKBONES
+from taskshare.models import ALL_BACKBONES
 from taskshare.methods.blocks.patching import parse_kinds
 
-__all__ = ["MODES", "PatchOptions", "PatchesOptions"]
+__all__ = ["MODES", "PATCH_BACKBONES", "PatchOptions", "PatchesOptions"]
+
+PATCH_BACKBONES = ("auto", *ALL_BACKBONES)
 
 MODES = ("transfer", "multi-task")
 

@@ -14,13 +14,21 @@ from taskshare import progress
 from taskshare.core import TaskTensors
 from taskshare.errors import ConfigError
 from taskshare.methods.base import Learner, make_optimizer, task_seed
-from taskshare.methods.blocks.backbones import build_patch_backbone
 from taskshare.methods.blocks.patching import bn_stat_slots, parse_kinds, patch_slots, save_patch
 from taskshare.methods.patches.config import PatchesOptions, PatchOptions
 from taskshare.methods.patches.mixed import mixed_forward
-from taskshare.models import TaskNet, new_head
+from taskshare.models import TaskNet, build_backbone, new_head, token_input
 
-__all__ = ["NAMED_PATCHES", "Patches", "PatchesMultiTask", "patch_methods"]
+__all__ = ["NAMED_PATCHES", "Patches", "PatchesMultiTask", "patch_backbone", "patch_methods"]
+
+
+def patch_backbone(backbone: str, model: str, input_shape: tuple[int, ...]) -> str:
+    """The backbone name patches use: ``backbone``, or for ``auto`` the run's `model` if set, else the ImageNet
+    MobileNetV2 for images, MiniLM for pre-tokenized text and the MLP otherwise."""
+    if backbone != "auto":
+        return backbone
+    return model if model != "auto" else "mobilenetv2" if len(input_shape) == 3 else \
+        "minilm" if token_input(input_shape) else "mlp"
 
 
 class Patches(Learner):
@@ -43,9 +51,9 @@ class Patches(Learner):
         if "head" not in self.kinds and "full" not in self.kinds:
             raise ConfigError(f"patch {'+'.join(self.kinds)} has no head: every task needs its own classifier; "
                               "add +head to the kinds")
-        backbone = build_patch_backbone(options.backbone, cfg.model, input_shape, task_seed(cfg.seed, 0, salt=1),
-                                            width=options.width, image_size=options.image_size,
-                                            weights=options.weights, sha256=options.sha256)
+        backbone = build_backbone(patch_backbone(options.backbone, cfg.model, input_shape), input_shape,
+                                  task_seed(cfg.seed, 0, salt=1), width=options.width, image_size=options.image_size,
+                                  weights=options.weights, sha256=options.sha256)
         self.net = TaskNet(backbone).to(self.device)
         slots = patch_slots(self.net, self.kinds)
         if self.multi_task:  # per-task statistics for every kind: shared ones would mix tasks

@@ -12,25 +12,19 @@ from torch import nn
 
 from taskshare.errors import ConfigError
 from taskshare.methods.base import Learner, default_model, task_seed
-from taskshare.methods.blocks.backbones import build_patch_backbone, token_input
 from taskshare.methods.blocks.gating import TAPS_LEAVES, active_layers, gated_layers, layer_sizes, penalty, wrap
 from taskshare.methods.taps.config import TapsJointOptions, TapsOptions, TapsTwoStageOptions
 from taskshare.methods.taps.export import export_task, merged_model
-from taskshare.models import TaskNet, build_backbone, head_logits, new_head
+from taskshare.models import PRETRAINED, TaskNet, build_backbone, head_logits, new_head, token_input
 
 __all__ = ["Taps", "TapsJoint", "TapsTwoStage", "taps_backbone"]
-
-
-PRETRAINED_MODELS = ("mobilenetv2", "mobilenetv2-random", "minilm")
 
 
 def taps_backbone(cfg, input_shape: tuple[int, ...], seed: int) -> nn.Module:
     """``cfg.model``: mlp/cnn/resnet18, or the model-patches backbones mobilenetv2 (ImageNet, 32 px),
     mobilenetv2-random and minilm; ``auto`` is minilm for pre-tokenized text (2, L), else mlp/resnet18."""
     name = "minilm" if cfg.model == "auto" and token_input(input_shape) else cfg.model
-    if name in PRETRAINED_MODELS:
-        return build_patch_backbone(name, name, input_shape, seed)
-    return build_backbone(default_model(cfg, input_shape), input_shape, seed)
+    return build_backbone(name if name in PRETRAINED else default_model(cfg, input_shape), input_shape, seed)
 
 
 class _TapsLearner(Learner):
