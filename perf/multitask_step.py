@@ -5,7 +5,7 @@ Two shared encoders with K linear heads (cross-entropy, 10 classes each), batch 
 - ``mlp``: 784-256-256 MLP (ReLU);
 - ``cnn``: LeNet on 1x36x36 (the MultiMNIST encoder: conv5(10)-pool-conv5(20)-pool-FC(50)).
 
-Per-task gradients use ``grad_mode=auto`` (the loop on CPU; see multitask/gradients.py).
+Per-task gradients use ``grad_mode=auto`` (the loop on CPU; see methods/multioutput/gradients.py).
 
 Table 1: the median time of one ``MultiTaskTrainer.step`` (forward, the method's backward work, the
 optimizer step; Adam, lr 1e-3) divided by the ``ew`` step, for K = 2, 3, 10.

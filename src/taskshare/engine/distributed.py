@@ -15,7 +15,7 @@ Two ways of using it:
   shard-size weights. For code that steps its own optimizer (a lifelong ``Learner.observe``),
   ``attach(optimizer, reducer)`` registers the same reduction as an optimizer step pre-hook and
   ``shard_batch(reducer, x, y)`` cuts the batch and sets the weights. The lifelong runner
-  (``engine.runner.run_method`` / ``engine.loop``) does exactly that: ``attach_all`` on the learner after
+  (``engine.lifelong.run_method`` / ``engine.loop``) does exactly that: ``attach_all`` on the learner after
   ``begin_task`` / ``begin_all`` / a resume and before every step (learners build a new optimizer per task),
   ``broadcast_tensors`` of the learner's tensors from rank 0 at the start of each task, evaluation on every
   rank, files from rank 0 only. A parameter whose gradient is None on some ranks (a task's head absent from

@@ -1,4 +1,5 @@
-"""The lifelong runner: a stream of tasks through one learner, with metrics, artifacts and checkpoints.
+"""The lifelong driver: a stream of tasks through one learner, with metrics, artifacts and checkpoints
+(on the one run engine, `engine.run`).
 
 For each method it writes ``OUT/<method>/``:
 
@@ -8,7 +9,7 @@ For each method it writes ``OUT/<method>/``:
   tasks), forgetting, val_acc and val_avg (validation accuracy of every task at the end: what to select
   hyper-parameters on; nothing ever selects on test), params,
   artifact_bytes, time_s, peak_rss_mb (rank 0's), world_size (processes: 1, or N under torchrun), config,
-  versions;
+  identity (what --resume compares), versions, and the learner's extra_results (PAR: decisions, timing);
 - ``artifacts/base.safetensors`` (the shared tensors) and ``artifacts/<task>.{safetensors,json}`` (each
   task's own tensors, loadable alone onto the base);
 - ``checkpoint.safetensors`` while the run is in progress: written atomically at the end of every task

@@ -1,4 +1,5 @@
-"""The multi-task runner: a multi-output benchmark through one method, with Δm against explicit STL baselines.
+"""The multi-output driver: a multi-output benchmark through one method, with Δm against explicit STL
+baselines (on the one run engine, `engine.run`).
 
 ``run_multitask(benchmark, method, cfg, out_dir)`` trains ``method`` (a ``MultiTaskTrainer`` method, or
 ``stl``) on a ``MULTITASK_BENCHMARKS`` dataset and writes ``OUT/<method>/``:
