@@ -136,6 +136,13 @@ class TaskTensors:
     def base_tensors(self) -> dict[str, torch.Tensor]:
         return dict(self._base)
 
+    def all_tensors(self) -> list[torch.Tensor]:
+        """Shared, base and every task's tensors, in a fixed order (what data-parallel ranks compare)."""
+        out = list(self.shared_named_tensors().values()) + list(self._base.values())
+        for task in self.tasks:
+            out += list(self.tensors(task).values())
+        return out
+
     def parameters(self, task: str, trainable_only: bool = True) -> list[nn.Parameter]:
         return [t for n, t in self.tensors(task).items()
                 if self._slots[n].is_param and (t.requires_grad or not trainable_only)]

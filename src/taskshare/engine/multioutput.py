@@ -304,7 +304,7 @@ class _MultiOutput:
             module.load_state_dict(self.best[unit]["state"])
         test = evaluate(self.model, self.data.test, self.specs, cfg.eval_batch_size, self.device)
         val_metrics = {t: v for unit in self.units for t, v in self.best[unit]["val"].items()}
-        results = run.finish(lambda: _results(self, test, val_metrics, True), _summary)
+        results = run.finish(lambda: _results(self, test, val_metrics), _summary)
         if ddp.info().is_main and self.recorder is not None:
             _au_compare(run.run_dir.parent)
         return results
@@ -317,7 +317,8 @@ def _summary(r: dict[str, Any]) -> str:
             + (f"; delta_m {dm:+.2f}%" if dm is not None else ""))
 
 
-def _results(r: _MultiOutput, test, val_metrics, write: bool) -> dict[str, Any]:
+def _results(r: _MultiOutput, test, val_metrics) -> dict[str, Any]:
+    """results.json, writing the artifacts and the AU plot (rank 0 only: `Run.finish` calls it there)."""
     benchmark, method, cfg, opts, data, model, best, history, stl, recorder, run_dir = (
         r.benchmark, r.method, r.cfg, r.opts, r.data, r.model, r.best, r.history, r.stl, r.recorder, r.run.run_dir)
     names = list(data.task_names)
@@ -331,12 +332,11 @@ def _results(r: _MultiOutput, test, val_metrics, write: bool) -> dict[str, Any]:
         base, added = _numel(model.encoder), [_numel(model.heads[t]) for t in names]
         enc = model.encoder.state_dict()
         fp, parts = content_sha256(enc), {t: model.heads[t] for t in names}
-        if write:
-            save_tensors(art / "base.safetensors", enc, {"base_fingerprint": fp, "kind": "shared encoder"})
+        save_tensors(art / "base.safetensors", enc, {"base_fingerprint": fp, "kind": "shared encoder"})
     for t, module in parts.items():
         tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
         sizes[t] = write_artifact(art / safe_name(t), t, tensors, {n for n, _ in module.named_parameters()}, fp,
-                                  meta={"method": method, "benchmark": benchmark}) if write else 0
+                                  meta={"method": method, "benchmark": benchmark})
     accs = [test[t].get("acc") for t in names]
     if all(a is not None for a in accs):
         acc_matrix = [[None] * len(names) for _ in range(len(names) - 1)] + [accs]
@@ -368,9 +368,8 @@ def _results(r: _MultiOutput, test, val_metrics, write: bool) -> dict[str, Any]:
     if recorder is not None:
         res["au"] = {"kind": recorder.kind, "gamma": recorder.gamma, "steps": recorder.t, "stat": "mean",
                      "shares": recorder.shares("mean"), "lr_shares": recorder.lr_shares("mean")}
-        if write:
-            plot_au({method: res["au"]["shares"]}, run_dir / "au.png", tasks=names,
-                    title=f"{benchmark}: rAU per shared layer")
+        plot_au({method: res["au"]["shares"]}, run_dir / "au.png", tasks=names,
+                title=f"{benchmark}: rAU per shared layer")
     return res
 
 

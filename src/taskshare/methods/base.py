@@ -130,11 +130,7 @@ class Learner(ABC):
 
     def tensors(self) -> list[torch.Tensor]:
         """The network's tensors (shared, base and every task's), in the same order in every process."""
-        tt = self.tt
-        out = list(tt.shared_named_tensors().values()) + list(tt.base_tensors().values())
-        for task in tt.tasks:
-            out += list(tt.tensors(task).values())
-        return out
+        return self.tt.all_tensors()
 
     @abstractmethod
     def predict(self, x: torch.Tensor, task: str) -> torch.Tensor:

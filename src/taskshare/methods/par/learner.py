@@ -321,12 +321,7 @@ class PAR(Learner):
 
     def tensors(self) -> list[torch.Tensor]:
         """Every expert's tensors (shared, base and its tasks'), expert by expert."""
-        out: list[torch.Tensor] = []
-        for e in self.experts:
-            out += list(e.tt.shared_named_tensors().values()) + list(e.tt.base_tensors().values())
-            for task in e.tt.tasks:
-                out += list(e.tt.tensors(task).values())
-        return out
+        return [t for e in self.experts for t in e.tt.all_tensors()]
 
     def begin_epoch(self, epoch: int) -> None:
         """Epoch `epoch` starts now (TAPS units' warm-up; the driver says so)."""
