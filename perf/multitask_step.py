@@ -30,7 +30,7 @@ from torch import nn
 
 from taskshare.methods.multioutput import METHODS, MultiOutputNet, MultiTaskTrainer, per_task_gradients
 from taskshare.methods.multioutput.gradients import choose_mode
-from taskshare.methods.multioutput.networks import LeNet, mlp as _mlp
+from taskshare.models import MLP, LeNet
 
 KS = (2, 3, 10)
 BATCH = 128
@@ -39,7 +39,7 @@ BATCH = 128
 def make(encoder: str, K: int, seed: int):
     torch.manual_seed(seed)
     if encoder == "mlp":
-        enc, x = _mlp(784, (256, 256)), torch.randn(BATCH, 784)
+        enc, x = MLP((784,), (256, 256)), torch.randn(BATCH, 784)
     else:
         enc, x = LeNet((1, 36, 36)), torch.rand(BATCH, 1, 36, 36)
     net = MultiOutputNet(enc, {f"t{k}": nn.Linear(enc.out_dim, 10) for k in range(K)})

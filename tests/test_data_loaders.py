@@ -14,7 +14,7 @@ from taskshare.data import BENCHMARKS, USER_BENCHMARKS, Stream, Task, TensorData
 from taskshare.data import sources
 from taskshare.data.benchmarks import missing_sources, rotate_images
 from taskshare.data.datasets import Compose, Normalize, Permute, ToFloat, split_train_val, stratified_order
-from taskshare.errors import DataError
+from taskshare.errors import ConfigError, DataError
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -236,9 +236,9 @@ def test_registry_and_option_errors():
     with pytest.raises(DataError, match=r"unknown benchmark 'nope'; known benchmarks: .*split-mnist.*digits-tiny") as info:
         build_benchmark("nope")
     assert "\n" not in str(info.value)
-    with pytest.raises(DataError, match=r"does not accept option\(s\) bogus; valid options: n_tasks, val_fraction"):
+    with pytest.raises(ConfigError, match=r"unknown option benchmark.bogus: valid options are benchmark.n_tasks, benchmark.val_fraction"):
         build_benchmark("digits-tiny", options={"bogus": 1})
-    with pytest.raises(DataError, match="does not accept option"):
+    with pytest.raises(ConfigError, match="unknown option benchmark.n_tasks"):
         build_benchmark("domain-stream", options={"n_tasks": 2})
 
 
@@ -263,7 +263,7 @@ def test_digits_tiny_shapes_and_speed():
     two = build_benchmark("digits-tiny", options={"n_tasks": 2, "val_fraction": 0.2})
     assert [t.num_classes for t in two] == [5, 5] and two[1].classes == ["5", "6", "7", "8", "9"]
     assert abs(sum(len(t.val) for t in two) - 0.2 * 3823) <= 1
-    with pytest.raises(DataError, match="must divide the 10 classes"):
+    with pytest.raises(ConfigError, match="must divide the 10 classes"):
         build_benchmark("digits-tiny", options={"n_tasks": 3})
     # same seed -> same validation split, different seed -> different
     a, b, c = (build_benchmark("digits-tiny", seed=s)[0].val.x for s in (0, 0, 1))

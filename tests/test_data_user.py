@@ -12,7 +12,7 @@ from PIL import Image
 
 from taskshare.data import build_benchmark
 from taskshare.data.user import CIFAR100_MEAN, CIFAR100_STD, cifar100_stream, imagefolder_task
-from taskshare.errors import DataError
+from taskshare.errors import ConfigError, DataError
 
 COLORS = {"cat": (255, 0, 0), "dog": (0, 255, 0), "emu": (0, 0, 255)}
 
@@ -90,7 +90,7 @@ def test_imagefolder_through_build_benchmark(tmp_path):
     _write_folder(tmp_path / "b", per_class=5, size=(7, 7))
     stream = build_benchmark(f"imagefolder:{tmp_path / 'a'},{tmp_path / 'b'}", seed=0, options={"image_size": 6})
     assert stream.task_names == ["a", "b"] and all(t.input_shape == (3, 6, 6) for t in stream)
-    with pytest.raises(DataError, match=r"does not accept option\(s\) n_tasks; valid options: grayscale, image_size, val_fraction"):
+    with pytest.raises(ConfigError, match=r"unknown option benchmark.n_tasks: valid options are benchmark.grayscale, benchmark.image_size, benchmark.val_fraction"):
         build_benchmark(f"imagefolder:{tmp_path / 'a'}", options={"n_tasks": 2})
 
 

@@ -6,7 +6,7 @@ import torch
 
 from taskshare.data import ctrl
 from taskshare.data.datasets import cap_stratified
-from taskshare.errors import DataError
+from taskshare.errors import ConfigError, DataError
 
 SMALL = dict(n_large=100, n_small=25)
 
@@ -73,9 +73,9 @@ def test_s_in_shifts_the_input_and_s_out_the_labels(streams):
 
 
 def test_bad_options():
-    with pytest.raises(DataError, match="n_small"):
+    with pytest.raises(ConfigError, match="benchmark.n_small"):
         ctrl.build_ctrl_s_minus(seed=0, val_fraction=0.1, n_small=2)
-    with pytest.raises(DataError, match="p_large"):
+    with pytest.raises(ConfigError, match="benchmark.p_large"):
         ctrl.build_ctrl_s_long(seed=0, val_fraction=0.1, p_large=2)
 
 
@@ -93,5 +93,5 @@ def test_max_eval_caps_test_splits_with_a_fixed_stratified_subset(streams):
         # the subset is fixed (seed 0), not drawn from the run seed
         assert torch.equal(c.test.x, cap_stratified(t.test, 100, 0).x)
     assert len(other_seed.tasks[0].test) == 100
-    with pytest.raises(DataError, match="max_eval"):
+    with pytest.raises(ConfigError, match="benchmark.max_eval"):
         build(seed=3, val_fraction=0.2, max_eval=-1, **SMALL)

@@ -239,7 +239,7 @@ def test_report_counts_and_png(stream, cfg, tmp_path):
     fit(learner, stream[0], 0, cfg)
     learner.begin_task(stream[1], 1)  # all layers active at init
     rows = layer_table(learner, "t1")
-    assert [r["layer"] for r in rows] == ["backbone.net.1", "backbone.net.3"]
+    assert [r["layer"] for r in rows] == ["backbone.fc1", "backbone.fc2"]
     assert [r["params"] for r in rows] == [36 * 400 + 400, 400 * 400 + 400] and all(r["active"] for r in rows)
     s = summary(learner)
     assert s["t0"]["active"] == 0 and s["t0"]["changed_params"] == 0 and s["t0"]["added_params"] == 2 + 3 * 400 + 3

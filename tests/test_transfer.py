@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from taskshare.data import BENCHMARKS, build_benchmark, transfer
-from taskshare.errors import DataError
+from taskshare.errors import ConfigError
 
 
 def _have(*packages):
@@ -76,7 +76,7 @@ def test_labels_and_options():
     assert {k: len(set(v.tolist())) for k, v in labels.items()} == {"rating": 5, "recommended": 2, "department": 6}
     _, y = transfer.load_rotten_tomatoes(300)
     assert set(y.tolist()) == {0, 1}  # 'plot' rows dropped
-    with pytest.raises(DataError, match="max_samples"):
+    with pytest.raises(ConfigError, match="benchmark.max_samples"):
         build_benchmark("transfer-text", options={"max_samples": 5})
 
 

@@ -29,8 +29,8 @@ class RunConfig:
     optimizer: str = "sgd"            # sgd | adam
     momentum: float = 0.9             # SGD only
     weight_decay: float = 0.0
-    model: str = "auto"               # auto | mlp | cnn | resnet18 | mobilenetv2 | mobilenetv2-random | minilm
-                                      # (models.build_backbone; multi-output sets: auto | mlp | lenet)
+    model: str = "auto"               # auto | mlp | cnn | resnet18 | lenet | mobilenetv2 | mobilenetv2-random | minilm
+                                      # (models.build_backbone; multi-output sets: auto | mlp | cnn | resnet18 | lenet)
     limit: int | None = None          # cap on training samples per task (quick runs)
     precision: str = "fp32"           # fp32 | bf16 (CPU autocast)
     device: str = "cpu"
@@ -136,6 +136,17 @@ def check_options(cls: type, values: dict[str, Any], section: str) -> Any:
         return cls(**out)
     except ValueError as e:  # __post_init__ range checks
         raise ConfigError(f"{section}: {e}") from None
+
+
+def check_option_dict(defaults: dict[str, Any], values: dict[str, Any], section: str) -> dict[str, Any]:
+    """`check_options` for options declared as {name: default} (the lifelong benchmarks): the same key check
+    and message; values are coerced to their default's type (any value where the default is None)."""
+    unknown = sorted(set(values) - set(defaults))
+    if unknown:
+        raise ConfigError(f"unknown option {section}.{unknown[0]}: valid options are "
+                          f"{', '.join(f'{section}.{n}' for n in sorted(defaults)) or 'none'}")
+    return {k: v if defaults[k] is None or k not in values else coerce(v, type(defaults[k]), f"{section}.{k}")
+            for k, v in {**defaults, **values}.items()}
 
 
 def load_file(path: str | Path) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from taskshare.data.streams import (DEFAULT_VAL_FRACTION, bool_option, build_dig
                                     build_split_mnist, fraction_option, int_option, rotate_images)
 from taskshare.data.transfer import TRANSFER_BENCHMARKS
 from taskshare.data.user import cifar100_stream, imagefolder_task
+from taskshare.config import check_option_dict
 from taskshare.errors import DataError
 
 __all__ = [
@@ -116,12 +117,7 @@ def missing_sources(name: str) -> list[str]:
 
 
 def _check_options(label: str, options: dict[str, Any], accepted: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise DataError(
-            f"benchmark {label} does not accept option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(accepted))}"
-        )
-    return {**accepted, **options}
+    return check_option_dict(accepted, options, "benchmark")
 
 
 def _build_imagefolder(spec: str, seed: int, options: dict[str, Any]) -> Stream:
@@ -144,7 +140,8 @@ def build_benchmark(name: str, *, seed: int = 0, options: dict[str, Any] | None 
     """Build a registered benchmark (see :data:`BENCHMARKS`) or a user-data one (see :data:`USER_BENCHMARKS`).
 
     ``options`` holds ``val_fraction`` plus benchmark-specific keys (e.g. ``n_tasks``); unknown
-    names and unknown option keys raise a one-line :class:`DataError` listing the valid ones.
+    names raise a one-line :class:`DataError`, unknown option keys or wrong types a :class:`ConfigError`, each
+    listing the valid ones.
     """
     options = dict(options or {})
     seed = int(seed)

@@ -55,7 +55,8 @@ import torch.nn.functional as F
 
 from taskshare.data import sources
 from taskshare.data.datasets import Stream, Task, TensorDataset, cap_stratified, split_train_val
-from taskshare.errors import DataError
+from taskshare.data.streams import int_option
+from taskshare.errors import ConfigError, DataError
 
 __all__ = ["Colorize", "build_ctrl_s_minus", "build_ctrl_s_plus", "build_ctrl_s_in", "build_ctrl_s_out",
            "build_ctrl_s_pl", "build_ctrl_s_long", "CTRL_BENCHMARKS"]
@@ -198,12 +199,7 @@ _ALL = SOURCES
 
 
 def _int(name: str, value, minimum: int = WAYS) -> int:
-    """An integer option (``--set benchmark.n_small=400`` arrives as a string)."""
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise DataError(f"option {name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    return int_option(name, value, minimum)
 
 
 def build_ctrl_s_minus(*, seed: int, val_fraction: float, n_large: int = N_LARGE, n_small: int = N_SMALL) -> Stream:
@@ -265,7 +261,7 @@ def build_ctrl_s_long(*, seed: int, val_fraction: float, n_tasks: int = 100, p_l
     except (TypeError, ValueError):
         p_large = -1.0
     if not 0.0 <= p_large <= 1.0:
-        raise DataError(f"option p_large must be a probability in [0, 1], got {p_large!r}")
+        raise ConfigError(f"benchmark.p_large must be a probability in [0, 1], got {p_large!r}")
     b = _Builder(seed, val_fraction, _ALL)
     tasks = []
     for i in range(n_tasks):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from taskshare.data import sources
 from taskshare.data.datasets import Compose, Permute, Stream, Task, TensorDataset, ToFloat, split_train_val
-from taskshare.errors import DataError
+from taskshare.errors import ConfigError
 
 DEFAULT_VAL_FRACTION = 0.1
 ANIMAL_TEST_FRACTION = 0.2
@@ -29,7 +29,7 @@ def int_option(name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise DataError(f"option {name} must be an integer >= {minimum}, got {value!r}")
+        raise ConfigError(f"benchmark.{name} must be an integer >= {minimum}, got {value!r}")
     return value
 
 
@@ -39,7 +39,7 @@ def fraction_option(value: Any) -> float:
     except (TypeError, ValueError):
         frac = -1.0
     if isinstance(value, bool) or not 0.0 <= frac < 1.0:
-        raise DataError(f"option val_fraction must be a number in [0, 1), got {value!r}")
+        raise ConfigError(f"benchmark.val_fraction must be a number in [0, 1), got {value!r}")
     return frac
 
 
@@ -47,7 +47,7 @@ def divisor_option(name: str, value: Any, n_classes: int) -> int:
     n = int_option(name, value)
     if n_classes % n:
         divisors = ", ".join(str(d) for d in range(1, n_classes + 1) if n_classes % d == 0)
-        raise DataError(f"option {name} must divide the {n_classes} classes ({divisors}), got {n}")
+        raise ConfigError(f"benchmark.{name} must divide the {n_classes} classes ({divisors}), got {n}")
     return n
 
 
@@ -55,7 +55,7 @@ def bool_option(name: str, value: Any) -> bool:
     if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
         return value.lower() in ("true", "1", "yes")
     if not isinstance(value, bool):
-        raise DataError(f"option {name} must be true or false, got {value!r}")
+        raise ConfigError(f"benchmark.{name} must be true or false, got {value!r}")
     return value
 
 

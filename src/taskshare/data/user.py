@@ -21,6 +21,11 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 TEST_FRACTION = 0.2  # carved from an image folder without train/ and test/ subfolders
 TEST_SEED = 0  # fixed: the test split never depends on the run seed
 MAX_PIXELS = 4096 * 4096  # per image: larger files are refused before decoding (decompression bombs)
+
+
+def _too_large(path: Path, what: str) -> DataError:
+    return DataError(f"image {path} {what} the cap of {MAX_PIXELS:,} pixels per image: shrink it (or remove it) "
+                     "before training")
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
@@ -86,15 +91,13 @@ def _load_folder(files: list[Path], size: tuple[int, int] | None, grayscale: boo
         try:
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
-                    raise DataError(f"image {path} is {img.width}x{img.height} pixels, over the cap of {MAX_PIXELS:,} "
-                                    "pixels per image: shrink it (or remove it) before training")
+                    raise _too_large(path, f"is {img.width}x{img.height} pixels, over")
                 img = img.convert(mode)
                 if resize and (img.height, img.width) != size:
                     img = img.resize((size[1], size[0]), Image.BILINEAR)
                 arr = np.asarray(img, dtype=np.uint8)
         except Image.DecompressionBombError:
-            raise DataError(f"image {path} claims more than {MAX_PIXELS:,} pixels (the cap per image): shrink it "
-                            "(or remove it) before training") from None
+            raise _too_large(path, "claims more pixels than") from None
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise DataError(f"cannot read image {path} ({' '.join(str(exc).split())[:120]}); fix or remove the file") from None
         if first is None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import platform
 import resource
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from taskshare import __version__
+from taskshare import __version__, progress
 from taskshare.config import RunConfig
 from taskshare.core.serialize import atomic_write_json, load_state, read_json, save_state
 from taskshare.engine import distributed as ddp
@@ -95,8 +94,9 @@ class Run:
         return self.run_dir / "results.json"
 
     def say(self, msg: str) -> None:
+        """`progress.say` on rank 0 of a run that is not quiet."""
         if not self.quiet:
-            print(msg, file=sys.stderr, flush=True)
+            progress.say(msg)
 
     # -------------------------------------------------------------------------------------------- resume
     def finished(self, derive: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any] | None:

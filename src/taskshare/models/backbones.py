@@ -5,26 +5,37 @@ Each backbone maps an input batch to features (N, out_dim); the per-task heads l
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import torch
 from torch import nn
 
 
-class MLP(nn.Module):
-    """Flatten, then Linear-ReLU blocks. The classic continual-learning MLP (e.g. 784-400-400)."""
+class MLP(nn.Sequential):
+    """Flatten, then Linear-ReLU blocks named fc1, relu1, fc2, ... The classic continual-learning MLP
+    (784-400-400 by default) and the multi-output benchmarks' MLP encoder (`hidden` from the benchmark)."""
 
     def __init__(self, input_shape: tuple[int, ...], hidden: tuple[int, ...] = (400, 400)):
-        super().__init__()
-        layers: list[nn.Module] = [nn.Flatten()]
+        layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
         width = math.prod(input_shape)
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
+        for i, h in enumerate(hidden, 1):
+            layers += [(f"fc{i}", nn.Linear(width, h)), (f"relu{i}", nn.ReLU())]
             width = h
-        self.net = nn.Sequential(*layers)
+        super().__init__(OrderedDict(layers))
         self.out_dim = width
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+
+class LeNet(nn.Sequential):
+    """Sener & Koltun's MultiMNIST encoder: conv5(10)-pool-conv5(20)-pool-FC(50), ReLU (no BatchNorm)."""
+
+    def __init__(self, input_shape: tuple[int, ...]):
+        c, h, w = input_shape
+        flat = 20 * (((h - 4) // 2 - 4) // 2) * (((w - 4) // 2 - 4) // 2)
+        super().__init__(OrderedDict([
+            ("conv1", nn.Conv2d(c, 10, 5)), ("relu1", nn.ReLU()), ("pool1", nn.MaxPool2d(2)),
+            ("conv2", nn.Conv2d(10, 20, 5)), ("relu2", nn.ReLU()), ("pool2", nn.MaxPool2d(2)),
+            ("flatten", nn.Flatten()), ("fc", nn.Linear(flat, 50)), ("relu3", nn.ReLU())]))
+        self.out_dim = 50
 
 
 def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
@@ -91,4 +102,5 @@ BACKBONES = {
     "mlp": (MLP, "784-400-400 MLP (inputs flattened); the default for MNIST-sized streams"),
     "cnn": (SmallCNN, "4-layer conv net with BatchNorm, 128-d features"),
     "resnet18": (ResNet18, "reduced CIFAR-style ResNet-18 (nf=20, 1.09M parameters)"),
+    "lenet": (LeNet, "Sener & Koltun's MultiMNIST LeNet (2 conv5 + pool, 50-d features, no BatchNorm)"),
 }

@@ -54,9 +54,10 @@ def token_input(input_shape: tuple[int, ...]) -> bool:
 
 
 def build_backbone(name: str, input_shape: tuple[int, ...], seed: int, *, width: float = 1.0, image_size: int = 32,
-                   weights: str | None = None, sha256: str | None = None) -> nn.Module:
+                   weights: str | None = None, sha256: str | None = None,
+                   hidden: tuple[int, ...] | None = None) -> nn.Module:
     """The one backbone builder, by name (`ALL_BACKBONES`), weights drawn from `seed` (independent of the global
-    RNG's state): mlp, cnn, resnet18; mobilenetv2 (ImageNet; `width` 1.0), mobilenetv2-random (`width`),
+    RNG's state): mlp (`hidden` widths, default 400-400), cnn, resnet18, lenet; mobilenetv2 (ImageNet; `width` 1.0), mobilenetv2-random (`width`),
     both at `image_size`; minilm (all-MiniLM-L6-v2). `weights` (+ `sha256`): your own file or directory."""
     if name in ("mobilenetv2", "mobilenetv2-random"):
         from taskshare.models.mobilenetv2 import MobileNetV2Backbone
@@ -75,7 +76,13 @@ def build_backbone(name: str, input_shape: tuple[int, ...], seed: int, *, width:
         raise ConfigError(f"unknown model {name!r}: choose one of {', '.join(ALL_BACKBONES)} (--set model=NAME)")
     cls, _ = BACKBONES[name]
     if name != "mlp" and len(input_shape) != 3:
-        raise ConfigError(f"model {name!r} needs image inputs (C, H, W), got shape {input_shape}: use --set model=mlp")
+        raise ConfigError(f"model {name!r} needs image inputs (C, H, W), got shape {tuple(input_shape)}: "
+                          "use --set model=mlp")
+    if name == "lenet" and min(input_shape[1:]) < 16:
+        raise ConfigError(f"model=lenet needs images of at least 16x16, got shape {tuple(input_shape)}: "
+                          "use --set model=mlp")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        if name == "mlp" and hidden:
+            return cls(tuple(input_shape), tuple(hidden))
         return cls(tuple(input_shape))
