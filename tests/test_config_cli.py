@@ -72,6 +72,6 @@ def test_cli_run_list_and_report(tmp_path, capsys):
     assert "finetune" in table and "expert-per-task" in table and "wrote" in table
     res = json.loads((out / "finetune" / "results.json").read_text())
     assert res["benchmark"] == "digits-tiny" and len(res["tasks"]) == 2 and res["config"]["limit"] == 50
-    assert sorted(p.name for p in out.glob("*.png"))[:1] == ["acc_matrix_digits-tiny_expert-per-task.png"]
+    assert sorted(p.name for p in out.glob("*.png"))[:1] == ["acc_matrix_digits-tiny.png"]
     assert main(["report", str(out)]) == 0
     assert "avg acc" in capsys.readouterr().out

@@ -281,3 +281,92 @@ def test_variant_from_config_and_errors():
         AdaTaskAdam(s, h, 2, pcgrad="both")
     with pytest.raises(ConfigError, match="no parameters"):
         AdaTaskAdam([], [], 2)
+
+
+# ---- the fused step (issue 14): same numbers as the previous per-parameter implementation
+
+def _reference_step(variant, state, params, grads, group, K):
+    """The previous per-parameter update (every task reaching every parameter), kept as the reference:
+    ``grads[i]`` is (K, *shape) for a shared parameter, (1, *shape) for a head."""
+    lr, eps = group["lr"], group["eps"]
+    for p, g in zip(params, grads):
+        st = state.setdefault(p, {"t": 0, "a": torch.zeros_like(g), "b": torch.zeros_like(g)})
+        st["t"] += 1
+        t, a, b = st["t"], st["a"], st["b"]
+        if variant == "adam":
+            b1, b2 = group["betas"]
+            a.lerp_(g, 1 - b1)
+            b.mul_(b2).addcmul_(g, g, value=1 - b2)
+            u = (a / (1 - b1 ** t)) / (b.sqrt() / (1 - b2 ** t) ** 0.5 + eps)
+        elif variant == "rmsprop":
+            b.mul_(group["alpha"]).addcmul_(g, g, value=1 - group["alpha"])
+            u = g / (b.sqrt() + eps)
+        else:
+            b.addcmul_(g, g, value=1.0)
+            u = g / (b.sqrt() + eps)
+        p.add_(u.sum(0), alpha=-lr)
+
+
+@pytest.mark.parametrize("variant", ["adam", "rmsprop", "adagrad"])
+def test_fused_step_equals_the_per_parameter_update_over_50_steps(variant):
+    K = 3
+    enc, heads = _net(K)
+    enc2, heads2 = copy.deepcopy(enc), copy.deepcopy(heads)
+    x, y = _data(K)
+    opt = make_adatask(variant, list(enc.parameters()), list(heads.parameters()), K, lr=0.01)
+    group, state = opt.param_groups[0], {}
+    for _ in range(50):
+        _adatask_step(opt, enc, heads, x, y)
+        L = _losses(enc2, heads2, x, y)
+        G = per_task_gradients(L, list(enc2.parameters()), "loop", retain_graph=True)
+        hg = torch.autograd.grad(torch.stack(L).sum(), list(heads2.parameters()))
+        with torch.no_grad():
+            views = opt.layout.views(G)
+            _reference_step(variant, state, list(enc2.parameters()) + list(heads2.parameters()),
+                            views + [g.unsqueeze(0) for g in hg], group, K)
+    assert (_flat(enc) - _flat(enc2)).abs().max() <= 1e-15
+    assert (_flat(heads) - _flat(heads2)).abs().max() <= 1e-15
+    assert (_flat(enc) - _flat(_net(K)[0])).abs().max() > 1e-2
+
+
+def test_record_flag_and_state_views():
+    K = 2
+    enc, heads = _net(K)
+    x, y = _data(K)
+    opt = AdaTaskAdam(list(enc.parameters()), list(heads.parameters()), K, lr=0.01)
+    _adatask_step(opt, enc, heads, x, y)
+    assert opt.last_update is None and opt.last_grads is None  # nothing kept unless asked
+    opt.record = True
+    before = _flat(enc)
+    _adatask_step(opt, enc, heads, x, y)
+    assert opt.last_update.shape == (K, before.numel())
+    torch.testing.assert_close(opt.last_update.sum(0), _flat(enc) - before, rtol=1e-12, atol=1e-16)
+    # per-parameter state entries are views of the flat accumulators; state_dict hands out copies
+    p0 = next(enc.parameters())
+    assert opt.state[p0]["exp_avg_sq"].data_ptr() == opt.accumulator().data_ptr()
+    sd = opt.state_dict()
+    assert sd["state"][0]["exp_avg_sq"].is_contiguous()
+    assert sd["state"][0]["exp_avg_sq"].data_ptr() != opt.accumulator().data_ptr()
+
+
+def test_partial_reach_resume_equals_uninterrupted():
+    lr, K = 0.01, 2
+    g = torch.Generator().manual_seed(4)
+    ps = [nn.Parameter(torch.randn(3, dtype=torch.float64, generator=g)) for _ in range(2)]
+    qs = [nn.Parameter(p.detach().clone()) for p in ps]
+    Gs = [torch.randn(K, 6, dtype=torch.float64, generator=g) for _ in range(6)]
+    reach = [[[True, True], [True, False]], None, [[False, True], [True, True]], None, None, None]
+    opt = AdaTaskAdam(ps, [], K, lr=lr)
+    for G, r in zip(Gs[:3], reach[:3]):
+        opt.step(G, r)
+    opt2 = AdaTaskAdam(qs, [], K, lr=lr)
+    with torch.no_grad():
+        for p, q in zip(ps, qs):
+            q.copy_(p)
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert opt2.state[qs[1]]["task_step"] == [3, 2] and opt2.state[qs[0]]["task_step"] == [2, 3]
+    for G, r in zip(Gs[3:], reach[3:]):
+        opt.step(G, r)
+        opt2.step(G, r)
+    for p, q in zip(ps, qs):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=0)

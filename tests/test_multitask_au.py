@@ -6,7 +6,10 @@ import torch
 from torch import nn
 
 from taskshare.errors import ConfigError
-from taskshare.methods.multioutput import AdaTaskAdam, AURecorder, MultiOutputNet, MultiTaskTrainer, plot_au
+from taskshare.methods.multioutput import (
+    AdaTaskAdam, AURecorder, MultiOutputNet, MultiTaskTrainer, per_task_gradients, plot_au,
+)
+from taskshare.methods.multioutput.aggregators import pcgrad_project
 
 
 def T(x):
@@ -102,3 +105,122 @@ def test_loss_scale_dominates_adam_not_adatask(tmp_path):
     assert single.stat().st_size > 0
     with pytest.raises(ConfigError, match="3 task names"):
         plot_au(records, tmp_path / "x.png", tasks=["a", "b", "c"])
+
+
+# ---- AU recorded from the optimizer's actual update (issue 14)
+
+def _setup(K: int = 3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(32, 5, dtype=torch.float64, generator=g)
+    y = torch.tanh(x @ torch.randn(5, K, dtype=torch.float64, generator=g))
+    y[:, 0] = -3 * y[:, 0]  # task gradients that conflict on the shared layers
+    torch.manual_seed(seed)
+    enc = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh()).double()
+    tasks = [f"t{k}" for k in range(K)]
+    net = MultiOutputNet(enc, {t: nn.Linear(8, 1).double() for t in tasks})
+    mse = lambda o, t: ((o[:, 0] - t) ** 2).mean()  # noqa: E731
+    return net, {t: mse for t in tasks}, x, {t: y[:, k] for k, t in enumerate(tasks)}
+
+
+def _task_grads(net, fns, x, ys):
+    z = net.encode(x)
+    out = net.decode(z)
+    losses = [fns[t](out[t], ys[t]) for t in net.tasks]
+    return per_task_gradients(losses, list(net.encoder.parameters()), "loop")
+
+
+def _shared(net):
+    return torch.cat([p.detach().reshape(-1) for p in net.encoder.parameters()])
+
+
+def _flat_state(opt, name):
+    return torch.cat([opt.state[p][name].reshape(opt.n_tasks, -1) for p in opt.shared], dim=1).clone()
+
+
+@pytest.mark.parametrize("variant", ["rmsprop", "adagrad", "adam"])
+def test_adatask_au_is_the_update_the_optimizer_applied(variant):
+    net, fns, x, ys = _setup()
+    lr, K = 0.01, 3
+    rec = AURecorder.for_params(list(net.encoder.named_parameters()), K, "adatask", lr=lr)
+    tr = MultiTaskTrainer(net, fns, "adatask", optimizer=variant, lr=lr, recorder=rec)
+    name = {"rmsprop": "square_avg", "adagrad": "sum", "adam": "exp_avg_sq"}[variant]
+    for t in range(1, 6):
+        G = _task_grads(net, fns, x, ys)  # independent per-task gradients at the current parameters
+        tr.prepare(x, ys)
+        opt = tr.optimizer
+        acc0 = _flat_state(opt, name) if t > 1 else torch.zeros_like(G)
+        m0 = _flat_state(opt, "exp_avg") if t > 1 and variant == "adam" else torch.zeros_like(G)
+        before = _shared(net)
+        tr.step(x, ys)
+        acc = _flat_state(opt, name)
+        eps = opt.param_groups[0]["eps"]
+        if variant == "rmsprop":
+            a = opt.param_groups[0]["alpha"]
+            torch.testing.assert_close(acc, a * acc0 + (1 - a) * G * G, rtol=1e-12, atol=0)
+            u = G / (acc.sqrt() + eps)
+        elif variant == "adagrad":
+            torch.testing.assert_close(acc, acc0 + G * G, rtol=1e-12, atol=0)
+            u = G / (acc.sqrt() + eps)
+        else:
+            b1, b2 = opt.param_groups[0]["betas"]
+            m = b1 * m0 + (1 - b1) * G
+            torch.testing.assert_close(acc, b2 * acc0 + (1 - b2) * G * G, rtol=1e-12, atol=0)
+            u = (m / (1 - b1 ** t)) / (acc.sqrt() / (1 - b2 ** t) ** 0.5 + eps)
+        torch.testing.assert_close(rec.last_delta, -lr * u, rtol=1e-10, atol=1e-16)
+        torch.testing.assert_close(rec.last_delta.sum(0), _shared(net) - before, rtol=1e-10, atol=1e-16)
+        torch.testing.assert_close(rec.vk, acc, rtol=0, atol=0)  # learning-rate dominance: its accumulator
+    if variant != "adam":  # the old simulated Adam-AdaTask AU differs from the actual update
+        sim = AURecorder({"all": (0, G.shape[1])}, K, "adatask", lr=lr)
+        sim.update(G)
+        assert not torch.allclose(sim.last_delta, rec.last_delta, rtol=1e-3)
+
+
+def test_sgd_momentum_au_splits_the_momentum_buffer():
+    net, fns, x, ys = _setup()
+    lr, mu, K = 0.05, 0.9, 3
+    rec = AURecorder.for_params(list(net.encoder.named_parameters()), K, "sgd", lr=lr)
+    tr = MultiTaskTrainer(net, fns, "ew", optimizer="sgd", momentum=mu, lr=lr, recorder=rec)
+    bufs = None
+    for _ in range(6):
+        G = _task_grads(net, fns, x, ys)
+        bufs = G.clone() if bufs is None else mu * bufs + G  # torch SGD: b <- mu b + g, b_1 = g
+        before = _shared(net)
+        tr.step(x, ys)
+        torch.testing.assert_close(rec.last_delta, -lr * bufs, rtol=1e-10, atol=1e-16)
+        torch.testing.assert_close(rec.last_delta.sum(0), _shared(net) - before, rtol=1e-10, atol=1e-15)
+    assert rec.momentum == mu  # taken from the optimizer
+
+
+def test_sgd_nesterov_dampening_and_follow():
+    G1, G2 = T([[1.0, -2.0]]), T([[3.0, 0.5]])
+    rec = AURecorder({"w": (0, 2)}, 1, "sgd", lr=0.1, momentum=0.5, dampening=0.2, nesterov=True)
+    rec.update(G1)  # b = g1; step g1 + mu b
+    torch.testing.assert_close(rec.last_delta, -0.1 * (G1 + 0.5 * G1))
+    rec.update(G2)  # b = mu g1 + (1 - d) g2
+    b = 0.5 * G1 + 0.8 * G2
+    torch.testing.assert_close(rec.last_delta, -0.1 * (G2 + 0.5 * b))
+    p = nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    other = AURecorder({"w": (0, 2)}, 1, "sgd", lr=1.0)
+    other.follow(torch.optim.SGD([p], lr=0.3, momentum=0.7, dampening=0.1, nesterov=False))
+    assert (other.lr, other.momentum, other.dampening, other.nesterov) == (0.3, 0.7, 0.1, False)
+
+
+def test_adatask_pcgrad_au_uses_projected_gradients():
+    net, fns, x, ys = _setup()
+    lr, K = 0.01, 3
+    rec = AURecorder.for_params(list(net.encoder.named_parameters()), K, "adatask", lr=lr)
+    tr = MultiTaskTrainer(net, fns, "adatask+pcgrad", lr=lr, recorder=rec, seed=3)
+    G = _task_grads(net, fns, x, ys)
+    gen = torch.Generator()
+    gen.set_state(tr.generator.get_state())
+    P = pcgrad_project(G, gen)  # the projection the optimizer will draw
+    assert (P - G).abs().max() > 1e-3  # the tasks do conflict
+    tr.step(x, ys)
+    opt = tr.optimizer
+    b1, b2 = opt.param_groups[0]["betas"]
+    torch.testing.assert_close(_flat_state(opt, "exp_avg_sq"), (1 - b2) * P * P, rtol=1e-12, atol=0)
+    u = ((1 - b1) * P / (1 - b1)) / (((1 - b2) * P * P).sqrt() / (1 - b2) ** 0.5 + 1e-8)
+    torch.testing.assert_close(rec.last_delta, -lr * u, rtol=1e-10, atol=1e-16)
+    # the recorder's first moments come from the projected gradients
+    torch.testing.assert_close(opt.last_grads, P, rtol=0, atol=0)
+    assert (rec.last_delta + lr * torch.sign(G)).abs().max() > 1e-3  # not AdaTask on the raw gradients

@@ -113,18 +113,20 @@ def test_comparison_table(out):
     lines = table.splitlines()
     assert len(lines) == 2 + 3
     assert "avg acc (%)" in lines[0] and "BWT (pts)" in lines[0] and "peak RSS (MB)" in lines[0]
-    assert "delta_m" not in lines[0]
+    assert "params total" in lines[0] and "new params task 1" in lines[0] and "new params/task 2.. (mean)" in lines[0]
+    assert "delta_m" not in lines[0] and "FWT" not in lines[0]
     rows = {line.split()[1]: line for line in lines[2:]}
     ewc = rows["ewc"].split()
-    # benchmark method seed acc bwt forget total added artifact(2 tokens) time rss
-    assert ewc == ["split_mnist", "ewc", "0", "81.25", "-15.00", "15.00", "1,500", "250", "12.3", "KB",
+    # benchmark method seeds acc bwt forget total new-task-1 new-later artifact(2 tokens) time rss
+    assert ewc == ["split_mnist", "ewc", "1", "81.25", "-15.00", "15.00", "1,500", "0", "500", "12.3", "KB",
                    "12.3", "512.0"]
     ft = rows["finetune"].split()
     assert ft[3:6] == ["50.00", "-", "-"]
-    assert ft[6:] == ["1,000", "-", "-", "12.3", "-"]
-    assert rows["pnn"].split()[3:8] == ["90.00", "+0.00", "0.00", "3,200", "1,100"]
-    # Sorted by avg acc descending within the benchmark.
-    assert [line.split()[1] for line in lines[2:]] == ["pnn", "ewc", "finetune"]
+    assert ft[6:] == ["1,000", "-", "-", "-", "12.3", "-"]
+    # A zero BWT prints as 0.00 (unsigned), never +0.00 or -0.00.
+    assert rows["pnn"].split()[3:9] == ["90.00", "0.00", "0.00", "3,200", "1,000", "1,200"]
+    # Sorted by method name within the benchmark (a stable order, not by a noisy metric).
+    assert [line.split()[1] for line in lines[2:]] == ["ewc", "finetune", "pnn"]
     # Columns are aligned: every line has the same width for the right-aligned last column.
     assert len({len(line) for line in lines}) == 1
 
@@ -147,12 +149,9 @@ def test_plot_results_and_report(out, tmp_path):
                                                  _path="x") for s in (0, 1)]
     files = plot_results(results, tmp_path / "plots")
     names = sorted(p.name for p in files)
-    assert names == sorted([
-        "acc_matrix_split_mnist_ewc.png", "acc_matrix_split_mnist_finetune.png",
-        "acc_matrix_split_mnist_pnn.png", "task_accuracy_split_mnist.png", "params_split_mnist.png",
-        "acc_matrix_perm_mnist_ewc_s0.png", "acc_matrix_perm_mnist_ewc_s1.png",
-        "task_accuracy_perm_mnist.png", "params_perm_mnist.png",
-    ])
+    # One set of five per benchmark; the two perm_mnist seeds of ewc are one method (one heatmap panel).
+    assert names == sorted(f"{kind}_{b}.png" for b in ("split_mnist", "perm_mnist") for kind in
+                           ("acc_matrix", "task_accuracy", "avg_accuracy", "params", "acc_vs_params"))
     for p in files:
         assert p.read_bytes()[:8] == PNG_SIGNATURE
     # Atomic writes leave no temporary files behind.
@@ -170,5 +169,5 @@ def test_report_default_out_dir_for_file(out):
     # Only the table path is exercised here; plotting is covered above.
     f = out / "ewc" / "results.json"
     text = report([str(f)])
-    assert (out / "ewc" / "acc_matrix_split_mnist_ewc.png").exists()
-    assert "wrote 3 plots" in text
+    assert (out / "ewc" / "acc_matrix_split_mnist.png").exists()
+    assert "wrote 5 plots" in text

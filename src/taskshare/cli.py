@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--method", "-m", default=None, help="comma-separated methods (default: the baselines)")
     r.add_argument("--epochs", type=int)
     r.add_argument("--limit", type=int, help="cap on training samples per task (quick runs)")
-    r.add_argument("--seed", type=int)
+    r.add_argument("--seed", help="S, or S1,S2,... for one run per seed (OUT/seed-S, plus summary.json)")
+    r.add_argument("--seeds", type=int, metavar="N", help="seeds 0..N-1 (same as --seed 0,1,...,N-1)")
     r.add_argument("--out", default=None, help="output directory (default: runs/<benchmark>)")
     r.add_argument("--config", help="YAML or TOML file of settings")
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -50,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--device", choices=("cpu", "cuda"))
     r.add_argument("--precision", choices=("fp32", "bf16"))
 
-    sub.add_parser("list", help="benchmarks and methods, with one-line descriptions")
+    lst = sub.add_parser("list", help="benchmarks and methods, with one-line descriptions")
+    lst.add_argument("--options", metavar="METHOD", help="METHOD's options: default, type and meaning")
 
     ins = sub.add_parser("inspect", help="parameters of a backbone and what each task adds per patch kind")
     ins.add_argument("backbone", help="mobilenetv2, minilm, mlp, cnn or resnet18")
@@ -76,32 +78,64 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args):
-    from taskshare.config import build_config, load_file, merge, parse_set
+    from taskshare.config import build_config, merge, parse_set
     from taskshare.methods import method_options
     from taskshare.methods.multioutput.options import multitask_method_options
 
-    raw = load_file(args.config) if args.config else {}
-    raw = merge(raw, parse_set(args.sets))
-    for key in ("epochs", "limit", "seed", "device", "precision"):
+    if not hasattr(args, "seed_list"):
+        _read_run_section(args)
+    raw = merge(dict(args.file_config), parse_set(args.sets))
+    for key in ("epochs", "limit", "device", "precision"):
         value = getattr(args, key)
         if value is not None:
             raw[key] = value
+    raw["seed"] = args.seed_list[0]
     return build_config(raw, {**method_options(), **multitask_method_options()})
 
 
+def _read_run_section(args) -> None:
+    """--config FILE: its `run` section (config.yaml) fills the benchmark, methods and seeds not given on the
+    command line; --seed / --seeds become `args.seed_list`."""
+    from taskshare.config import load_file
+
+    raw = load_file(args.config) if args.config else {}
+    run = raw.pop("run", {}) or {}
+    if not isinstance(run, dict) or set(run) - {"benchmark", "method", "seed"}:
+        raise TaskshareError("the config's run section takes benchmark, method and seed (as config.yaml writes)")
+    args.file_config = raw
+    args.benchmark = args.benchmark or run.get("benchmark")
+    if args.method is None and run.get("method"):
+        args.method = ",".join(run["method"]) if isinstance(run["method"], list) else str(run["method"])
+    seeds = run.get("seed") if args.seed is None and args.seeds is None else None
+    text = args.seed if args.seed is not None else ",".join(map(str, seeds)) if isinstance(seeds, list) else seeds
+    if args.seeds is not None:
+        if args.seed is not None or not 1 <= args.seeds <= 100:
+            raise TaskshareError("--seeds N takes 1 <= N <= 100 and replaces --seed: give one of them")
+        text = ",".join(map(str, range(args.seeds)))
+    args.seed_list = _parse_seeds(str(text)) if text is not None else [0]
+
+
+def _parse_seeds(text: str) -> list[int]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise TaskshareError(f"--seed {text!r}: give a seed (0..{2**32 - 1}) or a comma-separated list, e.g. 0,1,2")
+    seeds = list(dict.fromkeys(int(p) for p in parts))
+    if max(seeds) > 2**32 - 1:
+        raise TaskshareError(f"--seed must be between 0 and {2**32 - 1}, got {max(seeds)}")
+    return seeds
+
+
 def cmd_run(args) -> int:
+    import dataclasses
     import os
 
     import torch
 
-    from taskshare.data import build_benchmark
-    from taskshare.engine import distributed
-    from taskshare.engine.lifelong import run_method
-    from taskshare.methods import METHODS
-    from taskshare.results.report import comparison_table, report
-
     from taskshare.data.multioutput import MULTITASK_BENCHMARKS
+    from taskshare.engine import distributed
+    from taskshare.methods import METHODS
 
+    _read_run_section(args)
     benchmark = args.benchmark or DEFAULT_BENCHMARK
     if benchmark in MULTITASK_BENCHMARKS:
         return _run_multitask(args, benchmark)
@@ -113,24 +147,62 @@ def cmd_run(args) -> int:
     if cfg.device == "cuda" and di.enabled:  # one GPU per process on a multi-GPU machine
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", di.rank)) % torch.cuda.device_count())
     out = _claim_out(args, benchmark, di.is_main)
+    results = []
+    for seed in args.seed_list:
+        seed_out = _seed_out(out, seed, args.seed_list, di.is_main)
+        results += _run_lifelong(args, benchmark, methods, dataclasses.replace(cfg, seed=seed), seed_out, di)
+    if di.is_main:  # config.yaml once the run is done: a refused or failed run changes nothing
+        _write_config(out, cfg, benchmark, methods, args.seed_list, multi_output=False)
+        _finish(args, out, results, [_seed_out(out, s, args.seed_list, False) / m for s in args.seed_list
+                                     for m in methods])
+    return 0
+
+
+def _seed_out(out: Path, seed: int, seeds: list[int], create: bool) -> Path:
+    """Where one seed's run goes: OUT itself for one seed, OUT/seed-S for several."""
+    from taskshare.engine.outdir import prepare_out
+
+    path = out if len(seeds) == 1 else out / f"seed-{seed}"
+    if create and path != out:
+        prepare_out(path)
+    return path
+
+
+def _write_config(out: Path, cfg, benchmark: str, methods: list[str], seeds: list[int], multi_output: bool):
+    from taskshare.engine.record import effective_config, write_config
+
+    write_config(out / "config.yaml", effective_config(cfg, benchmark, methods, seeds, multi_output))
+
+
+def _run_lifelong(args, benchmark: str, methods: list[str], cfg, out: Path, di) -> list[dict]:
+    from taskshare.data import build_benchmark
+    from taskshare.engine import distributed
+    from taskshare.engine.lifelong import run_method
+
     if di.enabled and not di.is_main:
         distributed.barrier()  # rank 0 builds first (fills data caches), the others then read them
     stream = build_benchmark(benchmark, seed=cfg.seed, options=cfg.benchmark)
     if di.enabled and di.is_main:
         distributed.barrier()
-    if not di.is_main:  # the same training steps; rank 0 prints and writes the report
-        for m in methods:
-            run_method(stream, m, cfg, out, benchmark=benchmark, resume=args.resume, quiet=True)
-        return 0
-    if not args.quiet:
+    quiet = args.quiet or not di.is_main  # the same training steps on every rank; rank 0 prints and writes
+    if not quiet:
         print(f"{benchmark}: {len(stream.tasks)} tasks ({', '.join(stream.task_names)}); "
-              f"methods {', '.join(methods)}; writing to {out}", file=sys.stderr)
-    results = [run_method(stream, m, cfg, out, benchmark=benchmark, resume=args.resume, quiet=args.quiet)
-               for m in methods]
+              f"methods {', '.join(methods)}; seed {cfg.seed}; writing to {out}", file=sys.stderr)
+    return [run_method(stream, m, cfg, out, benchmark=benchmark, resume=args.resume, quiet=quiet)
+            for m in methods]
+
+
+def _finish(args, out: Path, results: list[dict], run_dirs: list[Path]) -> None:
+    """The table (mean ± std over seeds when there are several), summary.json and the report's plots."""
+    from taskshare.core.serialize import atomic_write_json
+    from taskshare.results.report import comparison_table, report
+    from taskshare.results.summary import summarize
+
     print(comparison_table(results))
+    if len(args.seed_list) > 1:
+        atomic_write_json(out / "summary.json", summarize(results))
     if len(results) > 1 or not args.quiet:
-        print(report([out / m for m in methods], out_dir=out).split("\n\n", 1)[-1])
-    return 0
+        print(report(run_dirs, out_dir=out).split("\n\n", 1)[-1])
 
 
 def _methods(text: str | None, default: tuple[str, ...], known, kind: str) -> list[str]:
@@ -185,19 +257,54 @@ def _run_multitask(args, benchmark: str) -> int:
     from taskshare.engine import distributed
     from taskshare.engine.multioutput import MULTITASK_METHODS, multitask_table, run_multitask
 
+    import dataclasses
+
+    from taskshare.core.serialize import atomic_write_json
+    from taskshare.results.summary import summarize
+
     methods = _methods(args.method, DEFAULT_MULTITASK_METHODS, MULTITASK_METHODS, "multi-task ")
     cfg = _config(args)
     di = distributed.init_from_env()
     out = _claim_out(args, benchmark, di.is_main)
-    results = [run_multitask(benchmark, m, cfg, out, resume=args.resume, quiet=args.quiet) for m in methods]
+    results = []
+    for seed in args.seed_list:
+        seed_out = _seed_out(out, seed, args.seed_list, di.is_main)
+        results += [run_multitask(benchmark, m, dataclasses.replace(cfg, seed=seed), seed_out, resume=args.resume,
+                                  quiet=args.quiet) for m in methods]
     if distributed.is_main():
+        _write_config(out, cfg, benchmark, methods, args.seed_list, multi_output=True)
         print(multitask_table(results))
+        if len(args.seed_list) > 1:
+            atomic_write_json(out / "summary.json", summarize(results))
+    return 0
+
+
+def _list_options(method: str) -> int:
+    from taskshare.config import describe_options
+    from taskshare.methods import METHODS
+    from taskshare.methods.multioutput.options import OPTION_HELP, multitask_method_options
+
+    multi = multitask_method_options()
+    if method not in METHODS and method not in multi:
+        raise TaskshareError(f"unknown method {method!r}: choose from {', '.join([*METHODS, *multi])} "
+                             "(taskshare list)")
+    setting = "lifelong (task streams)" if method in METHODS else "multi-output (one input, several outputs)"
+    cls = METHODS[method].Options if method in METHODS else multi[method]
+    rows = describe_options(cls, None if method in METHODS else OPTION_HELP)
+    print(f"{method}: a {setting} method; set with --set {method}.OPTION=VALUE")
+    for name, tp, default, meaning in rows:
+        print(f"  {name:<16} {tp:<8} default {default!r:<14} {meaning}")
+    if not rows:
+        print("  (no options)")
     return 0
 
 
 def cmd_list(args) -> int:
     from taskshare.data import BENCHMARKS, USER_BENCHMARKS
     from taskshare.methods import METHODS
+
+    if args.options:
+        return _list_options(args.options)
 
     print("benchmarks:")
     for name, spec in BENCHMARKS.items():

@@ -149,6 +149,47 @@ def check_option_dict(defaults: dict[str, Any], values: dict[str, Any], section:
             for k, v in {**defaults, **values}.items()}
 
 
+def _field_comments(cls: type) -> dict[str, str]:
+    """Field name -> the comment after it in the class source (continuation comment lines joined)."""
+    import inspect
+    import re
+
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            lines = inspect.getsource(klass).splitlines()
+        except (OSError, TypeError):
+            continue   # built at run time (no source)
+        last = None
+        for line in lines:
+            field = re.match(r"\s+(\w+)\s*:[^#]*?(?:#\s*(.*))?$", line)
+            more = re.match(r"\s+#\s*(.*)$", line)
+            if field and not line.strip().startswith("#"):
+                last = field.group(1)
+                if field.group(2):
+                    out[last] = field.group(2).strip()
+            elif more and last in out:
+                out[last] += " " + more.group(1).strip()
+            else:
+                last = None
+    return out
+
+
+def describe_options(cls: type, help: dict[str, str] | None = None) -> list[tuple[str, str, Any, str]]:
+    """(name as users spell it, type, default, one-line meaning) of each field of options dataclass `cls`;
+    the meaning comes from `help` or the comment after the field in the source."""
+    comments = {**_field_comments(cls), **(help or {})}
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        tp = hints.get(f.name, Any)
+        name = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+        rows.append((f.name.rstrip("_"), name, default, comments.get(f.name, "")))
+    return rows
+
+
 def load_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.exists():

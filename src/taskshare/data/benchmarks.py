@@ -30,6 +30,7 @@ __all__ = [
     "BenchmarkSpec",
     "BENCHMARKS",
     "USER_BENCHMARKS",
+    "benchmark_defaults",
     "build_benchmark",
     "missing_sources",
     "rotate_images",
@@ -134,6 +135,16 @@ def _build_imagefolder(spec: str, seed: int, options: dict[str, Any]) -> Stream:
             task.name = f"{task.name}-{len(tasks)}"
         tasks.append(task)
     return Stream("imagefolder", tasks, f"image folders: {', '.join(d.strip() for d in dirs)}")
+
+
+def benchmark_defaults(name: str) -> dict[str, Any]:
+    """Every option benchmark `name` accepts, with its default (what a run's config.yaml records)."""
+    if name.startswith("imagefolder:"):
+        return dict(_IMAGEFOLDER_OPTIONS)
+    if name.startswith("split-cifar100:"):
+        return dict(_CIFAR_OPTIONS)
+    spec = BENCHMARKS.get(name)
+    return spec.accepted_options() if spec else {}
 
 
 def build_benchmark(name: str, *, seed: int = 0, options: dict[str, Any] | None = None) -> Stream:

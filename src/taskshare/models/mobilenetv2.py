@@ -189,4 +189,6 @@ def mobilenet_v2(pretrained: bool = True, path: str | Path | None = None, sha256
             raise ConfigError("the ImageNet MobileNetV2 checkpoint has width 1.0 and 1000 classes: "
                               "use pretrained=False for other shapes, or a backbone with a new head")
         model.load_imagenet(path, sha256)
+        if path is None:  # rebuildable from the installed weight package (taskshare.load)
+            model.taskshare_builder = {"name": "mobilenet_v2", "pretrained": True}
     return model

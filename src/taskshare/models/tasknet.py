@@ -59,6 +59,15 @@ def build_backbone(name: str, input_shape: tuple[int, ...], seed: int, *, width:
     """The one backbone builder, by name (`ALL_BACKBONES`), weights drawn from `seed` (independent of the global
     RNG's state): mlp (`hidden` widths, default 400-400), cnn, resnet18, lenet; mobilenetv2 (ImageNet; `width` 1.0), mobilenetv2-random (`width`),
     both at `image_size`; minilm (all-MiniLM-L6-v2). `weights` (+ `sha256`): your own file or directory."""
+    model = _build(name, input_shape, seed, width, image_size, weights, sha256, hidden)
+    if weights is None:  # rebuildable from this call alone (seeded, or weights from an installed package)
+        model.taskshare_builder = {"name": "build_backbone", "backbone": name, "input_shape": list(input_shape),
+                                   "seed": int(seed), "width": float(width), "image_size": image_size,
+                                   "hidden": list(hidden) if hidden else None}
+    return model
+
+
+def _build(name, input_shape, seed, width, image_size, weights, sha256, hidden) -> nn.Module:
     if name in ("mobilenetv2", "mobilenetv2-random"):
         from taskshare.models.mobilenetv2 import MobileNetV2Backbone
         pretrained = name == "mobilenetv2"

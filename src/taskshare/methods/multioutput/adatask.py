@@ -42,6 +42,16 @@ Choices where the official code is silent or broken:
   the K normalised per-task updates before summing them instead.
 - The learning rate is each group's own (the official code takes the last group's); ``amsgrad`` is not
   offered (the official code ignores it).
+
+Implementation (fused step): the K x D accumulators of all shared parameters live in flat buffers (one
+per accumulator, rows = tasks, columns in ``FlatLayout`` order; ``state[p][name]`` is the (K, *shape)
+view of p's columns), so a step is a handful of whole-buffer ops whatever the number of parameters; bias
+corrections are Python scalars while every task has reached every parameter equally often (otherwise a
+(K, D) correction and a reach mask). The heads' accumulators are flat too (one (D_heads,) buffer). The elementwise
+arithmetic is the per-parameter formulas' own, in the same order. ``record=True`` keeps the step's
+per-task updates Delta_k = -lr u_k (K, D) in ``last_update`` (after the ``pcgrad="updates"`` projection;
+decoupled weight decay belongs to no task) and the fed gradients (after the ``"gradients"`` projection, L2 term included)
+in ``last_grads``, for the AU metric (au.py).
 """
 from __future__ import annotations
 
@@ -61,12 +71,47 @@ MISSING = ("skip", "zero")
 PCGRAD_ON = (None, "gradients", "updates")
 
 
-def _pow_bc(beta: float, steps: list[int], like: Tensor) -> Tensor | float:
-    """1 - beta^t, a float when all rows share t, else shaped (rows, 1, ..., 1)."""
-    if len(set(steps)) == 1:
-        return 1.0 - beta ** steps[0]
-    vals = [1.0 - beta ** t if t > 0 else 1.0 for t in steps]
-    return torch.tensor(vals, dtype=like.dtype, device=like.device).view(-1, *([1] * (like.dim() - 1)))
+class _Bias:
+    """Bias corrections 1 - beta^t: Python floats for one shared count t, else (K, D) tensors from the
+    (K, P) counts (1 where t = 0, such entries are masked out)."""
+
+    def __init__(self, t: int | None, counts: list[list[int]] | None = None, layout: FlatLayout | None = None,
+                 like: Tensor | None = None):
+        self.t, self.counts, self.layout, self.like = t, counts, layout, like
+
+    def corr(self, beta: float) -> float | Tensor:
+        if self.t is not None:
+            return 1.0 - beta ** self.t
+        vals = [[1.0 - beta ** t if t > 0 else 1.0 for t in row] for row in self.counts]
+        n = torch.tensor(self.layout.numels, device=self.like.device)
+        return torch.tensor(vals, dtype=self.like.dtype, device=self.like.device).repeat_interleave(n, dim=1)
+
+    def corr_sqrt(self, beta: float) -> float | Tensor:
+        c = self.corr(beta)
+        return math.sqrt(c) if isinstance(c, float) else c.sqrt()
+
+
+class _Flat:
+    """A group's accumulators in flat buffers ((rows, D), or (D,) without rows); ``state[p][name]`` becomes
+    the view of p's columns (loaded per-parameter tensors are copied in). ``out`` + ``views``: a D-vector
+    scratch buffer and its per-parameter views (the step is written there, then added with one op)."""
+
+    def __init__(self, opt: AdaTask, params: list[Tensor], rows: int | None):
+        self.layout = FlatLayout.of(params)
+        lead = () if rows is None else (rows,)
+        self.bufs = {n: params[0].new_zeros(*lead, self.layout.total) for n in opt.buffers}
+        for name, buf in self.bufs.items():
+            for p, view in zip(params, self.layout.views(buf)):
+                st = opt.state[p]
+                if name in st:
+                    view.copy_(st[name])
+                st[name] = view
+        for p in params:
+            opt.state[p].setdefault("step", 0)
+            if rows is not None:
+                opt.state[p].setdefault("task_step", [0] * rows)
+        self.out = params[0].new_empty(self.layout.total)
+        self.views = self.layout.views(self.out)
 
 
 class AdaTask(torch.optim.Optimizer):
@@ -77,14 +122,15 @@ class AdaTask(torch.optim.Optimizer):
     sequence of K sequences of per-parameter tensors (``None`` = task does not reach it). ``reached`` (K, P)
     booleans mark which task reaches which shared parameter (e.g. ``Sharing.reach_matrix()``); ``None``
     means every task reaches every shared parameter (or is read from the ``None`` entries).
-    Task-specific parameters are stepped on their ``.grad``.
+    Task-specific parameters are stepped on their ``.grad``. ``record=True``: see the module docstring.
     """
 
     variant = ""
+    buffers: tuple[str, ...] = ()
 
     def __init__(self, shared_params: Iterable[Tensor], task_params: Iterable[Tensor], n_tasks: int, *,
                  defaults: dict, missing: str = "skip", pcgrad: str | None = None,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, record: bool = False):
         if n_tasks < 1:
             raise ConfigError(f"AdaTask n_tasks={n_tasks} must be >= 1")
         if missing not in MISSING:
@@ -102,23 +148,38 @@ class AdaTask(torch.optim.Optimizer):
         self.n_tasks, self.missing, self.pcgrad, self.generator = n_tasks, missing, pcgrad, generator
         self.shared = shared
         self.layout = FlatLayout.of(shared)
+        self.record = record
+        self.last_update: Tensor | None = None  # (K, D) per-task updates Delta_k of the last step (record)
+        self.last_grads: Tensor | None = None  # (K, D) gradients fed to the accumulators (record)
+        self._flat: _Flat | None = None  # shared: (K, D) accumulators
+        self._hflat: _Flat | None = None  # heads: (D_heads,) accumulators
+        self._t: int | None = None  # the common task count while all are equal, else None
 
-    # -- per-variant rules. g: (rows, *shape) gradients; buffers have the same leading dim. Return updates.
-    def _init_state(self, p: Tensor, rows: int | None) -> dict:
+    # -- the per-variant rule on a gradient tensor (flat buffer or one parameter's), in place on the
+    # accumulators ``bufs`` of the same shape; returns the normalised update u.
+    def _rule(self, g: Tensor, bufs: dict[str, Tensor], bias: _Bias, group: dict) -> Tensor:
         raise NotImplementedError
 
-    def _update(self, g: Tensor, state: dict, steps: list[int], group: dict) -> Tensor:
-        raise NotImplementedError
+    def accumulator(self) -> Tensor:
+        """The (K, D) per-task squared-gradient accumulator of the shared parameters (v_k / G_k)."""
+        return self._flat_state().bufs[self.buffers[-1]]
 
-    # -- helpers
-    def _state(self, p: Tensor, rows: int | None) -> dict:
-        st = self.state[p]
-        if not st:
-            st["step"] = 0
-            if rows is not None:
-                st["task_step"] = [0] * rows
-            st.update(self._init_state(p, rows))
-        return st
+    def _flat_state(self) -> _Flat:
+        if self._flat is None:
+            self._flat = _Flat(self, self.shared, self.n_tasks)
+            counts = {t for p in self.shared for t in self.state[p]["task_step"]}
+            self._t = counts.pop() if len(counts) == 1 else None
+        return self._flat
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._flat = self._hflat = None  # rebuilt (and re-viewed) from the loaded per-parameter tensors
+
+    def state_dict(self) -> dict:
+        sd = super().state_dict()  # per-parameter views -> contiguous copies, no shared storage
+        sd["state"] = {i: {k: v.clone() if isinstance(v, Tensor) else (list(v) if isinstance(v, list) else v)
+                           for k, v in st.items()} for i, st in sd["state"].items()}
+        return sd
 
     def _as_matrix(self, per_task_grads, reached) -> tuple[Tensor, list[list[bool]] | None]:
         K, P = self.n_tasks, len(self.shared)
@@ -167,63 +228,101 @@ class AdaTask(torch.optim.Optimizer):
         return loss
 
     def _step_task_group(self, group: dict) -> None:
+        lr, wd, ps = group["lr"], group["weight_decay"], group["params"]
+        if all(p.grad is not None for p in ps):  # fused: one flat buffer for all heads
+            if self._hflat is None:
+                self._hflat = _Flat(self, ps, None)
+            states = [self.state[p] for p in ps]
+            t = states[0]["step"] + 1
+            if all(st["step"] == t - 1 for st in states):
+                for st in states:
+                    st["step"] = t
+                fl = self._hflat
+                g = torch.cat([p.grad.reshape(-1) for p in ps])
+                if wd and group["decoupled_weight_decay"]:
+                    torch._foreach_mul_(ps, 1 - lr * wd)
+                elif wd:
+                    g = g.add(torch.cat([p.detach().reshape(-1) for p in ps]), alpha=wd)
+                fl.out.copy_(self._rule(g, fl.bufs, _Bias(t), group))
+                torch._foreach_add_(ps, fl.views, alpha=-lr)
+                return
+        self._step_task_params(group)
+
+    def _step_task_params(self, group: dict) -> None:
+        """Heads with missing gradients or unequal step counts: one parameter at a time."""
         lr, wd = group["lr"], group["weight_decay"]
         for p in group["params"]:
             if p.grad is None:
                 continue
-            st = self._state(p, None)
+            st = self.state[p]
+            if not st:
+                st["step"] = 0
+                st.update({n: torch.zeros_like(p) for n in self.buffers})
             st["step"] += 1
             g = p.grad
             if wd and group["decoupled_weight_decay"]:
                 p.mul_(1 - lr * wd)
             elif wd:
                 g = g.add(p, alpha=wd)
-            u = self._update(g.unsqueeze(0), {k: v.unsqueeze(0) if isinstance(v, Tensor) else v
-                                                for k, v in st.items()}, [st["step"]], group)
-            p.add_(u[0], alpha=-lr)
+            p.add_(self._rule(g, {n: st[n] for n in self.buffers}, _Bias(st["step"]), group), alpha=-lr)
+
+    def _advance(self, reached: list[list[bool]] | None) -> tuple[_Bias, list[int]]:
+        """Step the counters; the bias corrections and the indices of the parameters that move."""
+        K, states = self.n_tasks, [self.state[p] for p in self.shared]
+        if reached is None and self._t is not None:
+            self._t += 1
+            for st in states:
+                st["step"] += 1
+                st["task_step"] = [self._t] * K
+            return _Bias(self._t), list(range(len(states)))
+        moving = []
+        for i, st in enumerate(states):
+            rows = [k for k in range(K) if reached is None or reached[k][i]]
+            if rows:
+                moving.append(i)
+                st["step"] += 1
+                st["task_step"] = [t + (k in rows) for k, t in enumerate(st["task_step"])]
+        counts = [[st["task_step"][k] for st in states] for k in range(K)]
+        flat = {t for row in counts for t in row}
+        self._t = flat.pop() if len(flat) == 1 else None
+        if self._t is not None and reached is None:
+            return _Bias(self._t), moving
+        return _Bias(None, counts, self.layout, self.shared[0]), moving
 
     def _step_shared_group(self, group: dict, G: Tensor, reached: list[list[bool]] | None) -> None:
-        lr, wd, K = group["lr"], group["weight_decay"], self.n_tasks
+        lr, wd, decoupled = group["lr"], group["weight_decay"], group["decoupled_weight_decay"]
+        params = group["params"]
         if self.missing == "zero":
             reached = None  # official: every task's moments advance (zero gradient where missing)
+        flat = self._flat_state().bufs
+        bias, moving = self._advance(reached)
         if self.pcgrad == "gradients":
             G = pcgrad_project(G, self.generator)
-        U = torch.zeros_like(G) if self.pcgrad == "updates" else None
-        outs = self.layout.views(U) if U is not None else [None] * len(group["params"])
-        for i, (p, g, u_out) in enumerate(zip(group["params"], self.layout.views(G), outs)):
-            rows = list(range(K)) if reached is None else [k for k in range(K) if reached[k][i]]
-            if not rows:
-                continue
-            st = self._state(p, K)
-            st["step"] += 1
-            if wd and group["decoupled_weight_decay"]:
-                p.mul_(1 - lr * wd)
-            if len(rows) == K:
-                st["task_step"] = [t + 1 for t in st["task_step"]]
-                if wd and not group["decoupled_weight_decay"]:
-                    g = g + wd * p
-                u = self._update(g, st, st["task_step"], group)
-            else:  # only the reached tasks' accumulators advance
-                for k in rows:
-                    st["task_step"][k] += 1
-                idx = torch.tensor(rows, device=p.device)
-                sub = {k: v.index_select(0, idx) if isinstance(v, Tensor) else v for k, v in st.items()}
-                gr = g.index_select(0, idx)
-                if wd and not group["decoupled_weight_decay"]:
-                    gr = gr + wd * p
-                ur = self._update(gr, sub, [st["task_step"][k] for k in rows], group)
-                for k, v in sub.items():
-                    if isinstance(v, Tensor):
-                        st[k].index_copy_(0, idx, v)
-                u = torch.zeros_like(g).index_copy_(0, idx, ur)
-            if u_out is not None:
-                u_out.copy_(u)
-            else:
-                p.add_(u.sum(0), alpha=-lr)
-        if U is not None:
-            step = pcgrad_project(U, self.generator).sum(0)
-            for p, s in zip(group["params"], self.layout.views(step)):
-                p.add_(s, alpha=-lr)
+        if wd and decoupled:
+            torch._foreach_mul_([params[i] for i in moving], 1 - lr * wd)
+        elif wd:  # L2 on each task's gradient: g_k + wd theta
+            theta = torch.cat([p.detach().reshape(-1) for p in params])
+            G = G + wd * theta
+        if reached is None:
+            U = self._rule(G, flat, bias, group)
+        else:  # only the reached tasks' accumulators advance and add
+            mask = torch.tensor(reached, device=G.device).repeat_interleave(
+                torch.tensor(self.layout.numels, device=G.device), dim=1)
+            new = {n: b.clone() for n, b in flat.items()}
+            U = self._rule(G, new, bias, group)
+            for n, b in flat.items():
+                b.copy_(torch.where(mask, new[n], b))
+            U = torch.where(mask, U, torch.zeros_like(U))
+        if self.pcgrad == "updates":
+            U = pcgrad_project(U, self.generator)
+        if self.record:
+            self.last_update, self.last_grads = U * -lr, G
+        views = self._flat.views
+        torch.sum(U, 0, out=self._flat.out)
+        if len(moving) == len(params):
+            torch._foreach_add_(params, views, alpha=-lr)
+        else:
+            torch._foreach_add_([params[i] for i in moving], [views[i] for i in moving], alpha=-lr)
 
 
 def _rows(reached) -> list[list[bool]]:
@@ -237,6 +336,7 @@ class AdaTaskAdam(AdaTask):
     ``exp_avg``, ``exp_avg_sq`` (K, *shape), ``step``, ``task_step`` (K ints)."""
 
     variant = "adam"
+    buffers = ("exp_avg", "exp_avg_sq")
 
     def __init__(self, shared_params, task_params, n_tasks: int, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
@@ -247,24 +347,20 @@ class AdaTaskAdam(AdaTask):
             lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
             decoupled_weight_decay=decoupled_weight_decay), **kw)
 
-    def _init_state(self, p, rows):
-        shape = (rows, *p.shape) if rows is not None else p.shape
-        return {"exp_avg": p.new_zeros(shape), "exp_avg_sq": p.new_zeros(shape)}
-
-    def _update(self, g, state, steps, group):
+    def _rule(self, g, bufs, bias, group):
         b1, b2 = group["betas"]
-        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m, v = bufs["exp_avg"], bufs["exp_avg_sq"]
         m.lerp_(g, 1 - b1)
         v.mul_(b2).addcmul_(g, g, value=1 - b2)
-        bc1, bc2 = _pow_bc(b1, steps, m), _pow_bc(b2, steps, m)
-        sq2 = math.sqrt(bc2) if isinstance(bc2, float) else bc2.sqrt()
-        return (m / bc1) / (v.sqrt() / sq2 + group["eps"])
+        den = v.sqrt().div_(bias.corr_sqrt(b2)).add_(group["eps"])  # sqrt(v) / sqrt(bc2) + eps
+        return (m / bias.corr(b1)).div_(den)
 
 
 class AdaTaskRMSprop(AdaTask):
     """RMSProp with AdaTask (paper Alg. 2): ``square_avg`` (K, *shape) per shared parameter."""
 
     variant = "rmsprop"
+    buffers = ("square_avg",)
 
     def __init__(self, shared_params, task_params, n_tasks: int, lr: float = 1e-2, alpha: float = 0.99,
                  eps: float = 1e-8, weight_decay: float = 0.0, decoupled_weight_decay: bool = False, **kw):
@@ -274,32 +370,27 @@ class AdaTaskRMSprop(AdaTask):
             lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
             decoupled_weight_decay=decoupled_weight_decay), **kw)
 
-    def _init_state(self, p, rows):
-        return {"square_avg": p.new_zeros((rows, *p.shape) if rows is not None else p.shape)}
-
-    def _update(self, g, state, steps, group):
-        a = state["square_avg"]
+    def _rule(self, g, bufs, bias, group):
+        a = bufs["square_avg"]
         a.mul_(group["alpha"]).addcmul_(g, g, value=1 - group["alpha"])
-        return g / (a.sqrt() + group["eps"])
+        return g / a.sqrt().add_(group["eps"])
 
 
 class AdaTaskAdagrad(AdaTask):
     """AdaGrad with AdaTask (paper Alg. 2): ``sum`` (K, *shape) per shared parameter."""
 
     variant = "adagrad"
+    buffers = ("sum",)
 
     def __init__(self, shared_params, task_params, n_tasks: int, lr: float = 1e-2, eps: float = 1e-10,
                  weight_decay: float = 0.0, decoupled_weight_decay: bool = False, **kw):
         super().__init__(shared_params, task_params, n_tasks, defaults=dict(
             lr=lr, eps=eps, weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay), **kw)
 
-    def _init_state(self, p, rows):
-        return {"sum": p.new_zeros((rows, *p.shape) if rows is not None else p.shape)}
-
-    def _update(self, g, state, steps, group):
-        s = state["sum"]
+    def _rule(self, g, bufs, bias, group):
+        s = bufs["sum"]
         s.addcmul_(g, g, value=1.0)
-        return g / (s.sqrt() + group["eps"])
+        return g / s.sqrt().add_(group["eps"])
 
 
 VARIANTS: dict[str, type[AdaTask]] = {"adam": AdaTaskAdam, "rmsprop": AdaTaskRMSprop, "adagrad": AdaTaskAdagrad}

@@ -1,16 +1,23 @@
 """The AU task-dominance metric (AdaTask paper, Eqs. 4-6; spec section 2) and its per-layer bar plot.
 
-Task k's contribution Delta_k to the update of each shared element, under
-- SGD: -lr g_k;
+Task k's contribution Delta_k to the update of each shared element is the optimizer's own update split
+into per-task parts (sum_k Delta_k is exactly the optimizer's update, weight decay aside):
+- AdaTask (any variant, with or without PCGrad): the per-task update the optimizer applied,
+  Delta_k = -lr u_k (``AdaTask(record=True).last_update``; ``update(G, delta=...)``); the trainer passes it;
+- SGD (torch semantics, momentum mu, dampening d, Nesterov): per-task buffers b_k <- mu b_k + (1 - d) g_k
+  (b_k = g_k on the first step), Delta_k = -lr b_k (Nesterov: -lr (g_k + mu b_k)); mu = 0: -lr g_k;
 - Adam: -lr m^_k / (sqrt(v^) + eps), the joint first moment split linearly into per-task
   m_k <- b1 m_k + (1 - b1) g_k (sum_k m_k is Adam's m), v from the joint gradient sum_k g_k;
-- AdaTask: -lr m^_k / (sqrt(v^_k) + eps), v_k <- b2 v_k + (1 - b2) g_k^2
-(hats: bias correction with the shared step t), so sum_k Delta_k is exactly the optimizer's update.
+- ``kind="adatask"`` without ``delta`` (standalone use): Adam-AdaTask simulated from G,
+  -lr m^_k / (sqrt(v^_k) + eps), v_k <- b2 v_k + (1 - b2) g_k^2
+(hats: bias correction with the shared step t). ``follow(optimizer)`` takes lr, momentum / betas / eps from
+the torch optimizer's first parameter group (the trainer calls it each recorded step).
 The average of squared updates AU_k <- gamma AU_k + (1 - gamma) Delta_k^2 (elementwise) and the relative
 share rAU_k = AU_k / sum_j AU_j (balanced: 1/K). Per layer we report the mean (or median) of rAU_k over
 the layer's elements (elements no task has updated are left out). The learning-rate dominance uses the
-same ratio on the tasks' accumulated squared gradients v_k (AdaTask's own v_k; under SGD / Adam the same
-per-task EMA, which those optimizers do not keep).
+same ratio on the tasks' accumulated squared gradients v_k (AdaTask's own accumulator, passed as ``vk``:
+v_k, RMSProp's or AdaGrad's G_k; under SGD / Adam the per-task EMA with b2, which those optimizers do not
+keep).
 
 gamma: the paper's value is unconfirmed (spec section 9); the default 0.999 equals Adam's b2. The recorder
 keeps its own shadow moments (up to 2K + 1 D-vectors): feed it the per-task gradients each step.
@@ -45,13 +52,14 @@ class AURecorder:
 
     def __init__(self, layers: Mapping[str, tuple[int, int]], n_tasks: int, kind: str = "adam", *,
                  lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 gamma: float = 0.999):
+                 gamma: float = 0.999, momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False):
         if kind not in AU_KINDS:
             raise ConfigError(f"unknown AU optimizer kind {kind!r}; use one of {', '.join(AU_KINDS)}")
         if not 0 <= gamma < 1:
             raise ConfigError(f"AU gamma={gamma} must lie in [0, 1)")
         self.layers = {n: (int(a), int(b)) for n, (a, b) in layers.items()}
         self.n_tasks, self.kind, self.lr, self.betas, self.eps, self.gamma = n_tasks, kind, lr, betas, eps, gamma
+        self.momentum, self.dampening, self.nesterov = momentum, dampening, nesterov
         self.t = 0
         self.au = self.m = self.v = self.vk = None
         self.last_delta: Tensor | None = None  # (K, D) per-task updates of the last step
@@ -72,33 +80,56 @@ class AURecorder:
             span[1] = off
         return cls({k: (a, b) for k, (a, b) in layers.items()}, n_tasks, kind, **kw)
 
+    def follow(self, optimizer: torch.optim.Optimizer) -> None:
+        """Take lr (and SGD's momentum / Adam's betas, eps) from the optimizer's first parameter group."""
+        group = optimizer.param_groups[0]
+        self.lr = float(group["lr"])
+        if self.kind == "sgd" and isinstance(optimizer, torch.optim.SGD):
+            self.momentum, self.dampening, self.nesterov = group["momentum"], group["dampening"], group["nesterov"]
+        elif self.kind == "adam" and "betas" in group:
+            self.betas, self.eps = tuple(group["betas"]), group["eps"]
+
     @torch.no_grad()
-    def update(self, G: Tensor) -> None:
-        """One optimisation step's per-task gradients G (K, D)."""
+    def update(self, G: Tensor, delta: Tensor | None = None, vk: Tensor | None = None) -> None:
+        """One optimisation step's per-task gradients G (K, D); ``delta`` (K, D): the per-task updates the
+        optimizer applied (else derived from G by ``kind``); ``vk`` (K, D): its per-task accumulators."""
         K = self.n_tasks
-        if G.dim() != 2 or G.shape[0] != K:
-            raise ConfigError(f"AU update expects a {K} x D gradient matrix, got {tuple(G.shape)}")
-        b1, b2 = self.betas
+        for name, x in (("gradient", G), ("update", delta), ("accumulator", vk)):
+            if x is not None and (x.dim() != 2 or x.shape[0] != K or x.shape != G.shape):
+                raise ConfigError(f"AU update expects a {K} x D {name} matrix, got {tuple(x.shape)}")
         if self.au is None:
             self.au, self.vk = torch.zeros_like(G), torch.zeros_like(G)
             self.m = torch.zeros_like(G)
             self.v = torch.zeros_like(G[0])
         self.t += 1
-        self.vk.mul_(b2).addcmul_(G, G, value=1 - b2)
-        if self.kind == "sgd":
-            delta = -self.lr * G
+        if vk is not None:
+            self.vk.copy_(vk)
         else:
-            self.m.mul_(b1).add_(G, alpha=1 - b1)
-            bc1, bc2 = 1 - b1 ** self.t, 1 - b2 ** self.t
-            if self.kind == "adam":
-                s = G.sum(0)
-                self.v.mul_(b2).addcmul_(s, s, value=1 - b2)
-                denom = self.v.sqrt() / math.sqrt(bc2) + self.eps
-            else:
-                denom = self.vk.sqrt() / math.sqrt(bc2) + self.eps
-            delta = -self.lr * (self.m / bc1) / denom
+            self.vk.mul_(self.betas[1]).addcmul_(G, G, value=1 - self.betas[1])
+        if delta is None:
+            delta = self._delta(G)
         self.last_delta = delta
         self.au.mul_(self.gamma).addcmul_(delta, delta, value=1 - self.gamma)
+
+    def _delta(self, G: Tensor) -> Tensor:
+        b1, b2 = self.betas
+        if self.kind == "sgd":
+            if not self.momentum:
+                return -self.lr * G
+            if self.t == 1:  # torch: the buffer starts as the first gradient
+                self.m.copy_(G)
+            else:
+                self.m.mul_(self.momentum).add_(G, alpha=1 - self.dampening)
+            return -self.lr * (G + self.momentum * self.m if self.nesterov else self.m)
+        self.m.mul_(b1).add_(G, alpha=1 - b1)
+        bc1, bc2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        if self.kind == "adam":
+            s = G.sum(0)
+            self.v.mul_(b2).addcmul_(s, s, value=1 - b2)
+            denom = self.v.sqrt() / math.sqrt(bc2) + self.eps
+        else:
+            denom = self.vk.sqrt() / math.sqrt(bc2) + self.eps
+        return -self.lr * (self.m / bc1) / denom
 
     def state_dict(self) -> dict:
         """The accumulators (for checkpoints; ``taskshare.core.serialize.save_state`` writes it)."""

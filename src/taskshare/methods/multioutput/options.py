@@ -14,6 +14,18 @@ __all__ = ["COMMON_OPTIONS", "MULTITASK_METHODS", "method_options", "multitask_m
 
 MULTITASK_METHODS: dict[str, str] = {
     **METHODS, "stl": "single-task baselines: one network per task, same code and settings (Δm reference)"}
+# one-line meanings for `taskshare list --options METHOD`
+OPTION_HELP: dict[str, str] = {
+    "record_au": "record the per-task update shares (AU) from the optimizer's actual update, per layer",
+    "au_gamma": "decay of the AU running average",
+    "grad_mode": "per-task gradients: auto | loop (retained-graph autograd.grad) | batched (is_grads_batched)",
+    "kinds": "per task: regression | classification (null: from the benchmark's loss kinds)",
+    "T": "DWA temperature", "alpha": "GradNorm's asymmetry alpha", "lr": "GradNorm's learning rate for the weights",
+    "ub": "MGDA-UB: min-norm on the shared representation's gradients", "normalize": "MGDA gradient "
+    "normalisation: none | l2 | loss | loss+", "c": "CAGrad's radius c", "rescale": "CAGrad rescale mode 0 | 1 | 2",
+    "solver": "CAGrad's inner solver: exact | official", "missing": "tasks without a gradient in a step: skip | zero",
+    "pcgrad_on": "AdaTask+PCGrad: project gradients | updates", "variant": "the AdaTask optimizer: adam | rmsprop | "
+    "adagrad"}
 # options every multi-task method accepts besides its own (METHOD_OPTIONS)
 COMMON_OPTIONS: dict[str, Any] = {"record_au": False, "au_gamma": 0.999, "grad_mode": "auto"}
 

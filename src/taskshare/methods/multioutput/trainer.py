@@ -21,7 +21,9 @@ attaching an LR scheduler to ``trainer.optimizer``). What each method does with 
   variant named by ``optimizer=`` (adam | rmsprop | adagrad).
 
 ``recorder=`` (an ``AURecorder``) receives each step's per-task gradients of the (weighted) losses; for
-pcgrad / mgda / cagrad these are the gradients before combination.
+pcgrad / mgda / cagrad these are the gradients before combination. It follows the base optimizer's lr /
+momentum / betas; under AdaTask it records the optimizer's own per-task updates (any variant; after the
+PCGrad projection for adatask+pcgrad) and accumulators (``AdaTask(record=True)``).
 
 Data parallelism (``reducer=`` a ``taskshare.engine.distributed.GradReducer``; the caller sets the shard
 sizes before each step): the per-task gradient matrix G is reduced across ranks *before* it is combined
@@ -258,12 +260,22 @@ class MultiTaskTrainer:
         else:
             G = self._grads(losses, self.shared, retain_graph=bool(self.task_params))
             self._heads_backward(losses)
+            self.optimizer.record = self.recorder is not None
             self.optimizer.step(G, self.sharing.reach_matrix())
             w = None
         self.last_weights = None if w is None else w.detach().tolist()
         if self.recorder is not None and G is not None:
-            self.recorder.update(G)
+            self._record(G)
         return dict(zip(self.tasks, Lg.tolist()))
+
+    def _record(self, G: Tensor) -> None:
+        """AU: the AdaTask optimizer's applied per-task updates, else the split of the base optimizer's."""
+        opt = self.optimizer
+        if self.spec.family == "adatask":
+            self.recorder.update(opt.last_grads, delta=opt.last_update, vk=opt.accumulator())
+        else:
+            self.recorder.follow(opt)
+            self.recorder.update(G)
 
     def end_epoch(self) -> None:
         """Close a training epoch (DWA uses the epoch's average losses); a no-op for other methods."""

@@ -47,9 +47,9 @@ class TapsOptions:
     lambda_: float = 1.0                 # λ (official default --lam 1; README CUB example 0.1)
     penalty: str = "official"            # official (Σ|s|/52) | size-weighted (Σ|W_i||s_i| / Σ|W_i|)
     tau: float = TAU                     # gate threshold, inclusive
-    score_init: float = SCORE_INIT
+    score_init: float = SCORE_INIT       # every gated layer's score for a new task (gate on: >= tau)
     warmup_epochs: int = 3               # penalty off in epochs 0..warmup_epochs-1 (official --warmup_epochs 2)
-    layer_types: tuple[str, ...] = DEFAULT_LAYER_TYPES
+    layer_types: tuple[str, ...] = DEFAULT_LAYER_TYPES  # layer classes that get a gated delta
     backbone: str = "auto"               # auto | first-task | model (see the module docstring)
     bn_samples: int = 0                  # sequential taps: re-estimate the task's BN statistics at its end on
                                          # this many training samples (0: off, the running averages are kept)
