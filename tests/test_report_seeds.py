@@ -8,7 +8,7 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from taskshare.results.groups import fmt_number, group_results, stat
+from taskshare.results.groups import fmt_number, group_results
 from taskshare.results.plots import (
     acc_vs_params_points,
     draw_acc_vs_params,

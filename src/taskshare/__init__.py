@@ -9,7 +9,7 @@ drivers, loops) -> cli.
 `taskshare.wrap`, `taskshare.load` and `taskshare.TaskModel` are the PEFT-style entry points (taskshare.api),
 imported on first use so that `import taskshare` stays light.
 """
-from taskshare._version import __version__
+from taskshare._version import __version__ as __version__
 
 _API = ("wrap", "load", "TaskModel")
 
