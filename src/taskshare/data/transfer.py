@@ -62,6 +62,9 @@ def build_transfer_images(*, seed: int, val_fraction: float, max_eval: int = 200
                   t.num_classes, t.input_shape, t.classes)
              for t in build_domain_stream(seed=seed, val_fraction=val_fraction)]
     cap = f"val/test capped at {max_eval}" if max_eval else "full val/test"
+    hint = f"benchmark.max_eval={max_eval // 4} tests 4x fewer samples" if max_eval >= 4 else "see benchmark.max_eval"
+    progress.say(f"transfer-images: {cap}; each task's end tests every seen task (most of a short run's time; "
+                 f"{hint})")
     return Stream("transfer-images", tasks, "ImageNet MobileNetV2 -> MNIST, Fashion-MNIST, AnimalShape, optdigits "
                   f"(1x28x28, resized by the backbone to its image_size; {cap})", default_model="mobilenetv2")
 

