@@ -1,9 +1,11 @@
 """The `taskshare` command line.
 
-    taskshare run [BENCHMARK] --method M[,M2,...] [--epochs N] [--limit N] [--seed S] [--out DIR]
-                  [--config FILE] [--set key=value ...] [--resume] [--quiet] [--device cpu|cuda]
+    taskshare run [BENCHMARK] --method M[,M2,...] [--epochs N] [--limit N] [--seed S[,S2,...] | --seeds N]
+                  [--out DIR] [--config FILE] [--set key=value ...] [--resume] [--quiet] [--device cpu|cuda]
                   [--precision fp32|bf16]
-    taskshare list
+    taskshare predict RUN_OR_FOLDER INPUT... --task NAME [--task NAME ...] [--format csv|json] [--out FILE]
+    taskshare export RUN_OR_FOLDER --task NAME [--format safetensors|torchscript] [--out FILE]
+    taskshare list [--options METHOD]
     taskshare report DIR [DIR ...] [--plots DIR]
     taskshare inspect BACKBONE --patch KINDS [--classes N]
     taskshare relatedness BENCHMARK [--extractor auto|mobilenetv2|raw] [--loo] [--out DIR]
@@ -32,25 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="taskshare", description="Task-aware parameter sharing: multi-task and "
                                 "lifelong learning with as few task-specific parameters as possible.")
     sub = p.add_subparsers(dest="command", required=True)
-
-    r = sub.add_parser("run", help="train methods on a benchmark and write OUT/<method>/results.json")
-    r.add_argument("benchmark", nargs="?", default=None,
-                   help=f"benchmark name (taskshare list); default: {DEFAULT_BENCHMARK} with "
-                        f"{','.join(DEFAULT_METHODS)}")
-    r.add_argument("--method", "-m", default=None, help="comma-separated methods (default: the baselines)")
-    r.add_argument("--epochs", type=int)
-    r.add_argument("--limit", type=int, help="cap on training samples per task (quick runs)")
-    r.add_argument("--seed", help="S, or S1,S2,... for one run per seed (OUT/seed-S, plus summary.json)")
-    r.add_argument("--seeds", type=int, metavar="N", help="seeds 0..N-1 (same as --seed 0,1,...,N-1)")
-    r.add_argument("--out", default=None, help="output directory (default: runs/<benchmark>)")
-    r.add_argument("--config", help="YAML or TOML file of settings")
-    r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting, e.g. --set lr=0.05 --set ewc.lambda=100 --set benchmark.n_tasks=5")
-    r.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
-    r.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-task lines")
-    r.add_argument("--device", choices=("cpu", "cuda"))
-    r.add_argument("--precision", choices=("fp32", "bf16"))
-
+    _run_parser(sub)
+    _use_parsers(sub)
     lst = sub.add_parser("list", help="benchmarks and methods, with one-line descriptions")
     lst.add_argument("--options", metavar="METHOD", help="METHOD's options: default, type and meaning")
 
@@ -75,6 +60,43 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("paths", nargs="+", help="results.json files, run directories or output directories")
     rep.add_argument("--plots", default=None, help="where to write the PNGs (default: next to the results)")
     return p
+
+
+def _run_parser(sub) -> None:
+    r = sub.add_parser("run", help="train methods on a benchmark and write OUT/<method>/results.json")
+    r.add_argument("benchmark", nargs="?", default=None,
+                   help=f"benchmark name (taskshare list); default: {DEFAULT_BENCHMARK} with "
+                        f"{','.join(DEFAULT_METHODS)}")
+    r.add_argument("--method", "-m", default=None, help="comma-separated methods (default: the baselines)")
+    r.add_argument("--epochs", type=int)
+    r.add_argument("--limit", type=int, help="cap on training samples per task (quick runs)")
+    r.add_argument("--seed", help="S, or S1,S2,... for one run per seed (OUT/seed-S, plus summary.json)")
+    r.add_argument("--seeds", type=int, metavar="N", help="seeds 0..N-1 (same as --seed 0,1,...,N-1)")
+    r.add_argument("--out", default=None, help="output directory (default: runs/<benchmark>)")
+    r.add_argument("--config", help="YAML or TOML file of settings")
+    r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set lr=0.05 --set ewc.lambda=100 --set benchmark.n_tasks=5")
+    r.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    r.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-task lines")
+    r.add_argument("--device", choices=("cpu", "cuda"))
+    r.add_argument("--precision", choices=("fp32", "bf16"))
+
+
+def _use_parsers(sub) -> None:
+    """predict and export: what a run or a TaskModel.save folder is used for."""
+    pr = sub.add_parser("predict", help="labels and probabilities of a trained task for new inputs (CSV or JSON)")
+    pr.add_argument("path", help="a run's method folder (OUT/<method>) or a TaskModel.save folder")
+    pr.add_argument("inputs", nargs="+", help=".npy/.npz arrays, image files or .txt text lines")
+    pr.add_argument("--task", action="append", required=True,
+                    help="the task; repeat it once per sample for a mixed batch")
+    pr.add_argument("--format", choices=("csv", "json"), default=None, help="default: from --out, else csv")
+    pr.add_argument("--out", default=None, help="write here (.csv or .json) instead of printing")
+
+    ex = sub.add_parser("export", help="one task as a standalone model (TAPS merged, patches BN-folded)")
+    ex.add_argument("path", help="a run's method folder (OUT/<method>) or a TaskModel.save folder")
+    ex.add_argument("--task", required=True)
+    ex.add_argument("--format", choices=("safetensors", "torchscript"), default="safetensors")
+    ex.add_argument("--out", default=None, help="file to write (default: <run>/exports/<task>.<ext>)")
 
 
 def _config(args):
@@ -355,6 +377,25 @@ def cmd_relatedness(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from taskshare.engine.predict import predict_files
+
+    fmt = args.format or ("json" if args.out and args.out.endswith(".json") else "csv")
+    text = predict_files(args.path, args.task, args.inputs, args.out, fmt)
+    if args.out:
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from taskshare.engine.predict import export_run_task
+
+    print(export_run_task(args.path, args.task, args.format, args.out))
+    return 0
+
+
 def cmd_report(args) -> int:
     from taskshare.engine.outdir import prepare_out
     from taskshare.results.report import report
@@ -377,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     progress.set_quiet(getattr(args, "quiet", False))
     try:
         commands = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "relatedness": cmd_relatedness,
-                    "inspect": cmd_inspect}
+                    "inspect": cmd_inspect, "predict": cmd_predict, "export": cmd_export}
         return commands[args.command](args)
     except TaskshareError as e:
         print(f"taskshare: error: {_one_line(e)}", file=sys.stderr)

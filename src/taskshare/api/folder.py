@@ -107,6 +107,38 @@ def _builder_shape(builder: dict[str, Any] | None) -> list[int] | None:
     return builder.get("input_shape") if builder else None
 
 
+def write_run_manifest(art_dir: Path, learner, tasks: list, preprocessing: dict[str, Any]) -> bool:
+    """The manifest of a `taskshare run`'s artifacts folder (base.safetensors and the task files the learner
+    wrote), so that `taskshare.load`, `predict` and `export` read a run like a saved TaskModel. Only for
+    learners whose tasks are per-task tensors of a taskshare network (not PAR); returns whether written."""
+    from taskshare.methods.blocks import gating
+
+    tt, net = getattr(learner, "tt", None), getattr(learner, "net", None)
+    builder = builder_of(net) if net is not None else None
+    if tt is None or builder is None or tt.model is not net:
+        return False
+    gated = gating.gated_layers(net)
+    if gated:
+        o = learner.options
+        method, options = "taps", {"head": "head", "layer_types": list(o.layer_types), "lambda_": float(o.lambda_),
+                                   "penalty_mode": o.penalty, "tau": float(o.tau), "score_init": float(o.score_init)}
+    else:
+        method, options = "slots", {"head": "head", "slots": list(tt.slots)}
+    entries = {}
+    for task in tasks:
+        rel = f"{safe_name(task.name)}.safetensors"
+        side, tensors = read_artifact(art_dir / rel)
+        entries[task.name] = {"file": rel, "num_classes": task.num_classes, "class_names": list(task.classes),
+                              "parameters": learner.added_parameters(task.name), "sha256": side["sha256"]}
+    atomic_write_json(art_dir / MANIFEST, {
+        "schema": SCHEMA, "taskshare": __version__, "method": method, "options": options, "seed": 0,
+        "base": {"class": type(net).__name__, "builder": builder, "fingerprint": tt.fingerprint(),
+                 "file": "base.safetensors"},
+        "input_shape": list(tasks[0].input_shape), "preprocessing": preprocessing, "tasks": entries,
+        "run": {"method": learner.name}})
+    return True
+
+
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     if not folder.is_dir():
@@ -164,7 +196,10 @@ def _wrap_options(method: str, opts: dict[str, Any]) -> dict[str, Any]:
     if method == "patches":
         out["kinds"] = opts["kinds"]
     elif method == "taps":
-        out.update(layer_types=opts["layer_types"], lambda_=opts["lambda_"], penalty_mode=opts["penalty_mode"])
+        out.update(layer_types=opts["layer_types"], lambda_=opts["lambda_"], penalty_mode=opts["penalty_mode"],
+                   tau=opts.get("tau", 0.1), score_init=opts.get("score_init", 0.15))
+    elif method == "slots":
+        out["slots"] = opts["slots"]
     return out
 
 
@@ -193,7 +228,7 @@ def _load_task(tm, folder: Path, name: str, entries: dict[str, Any]) -> None:
                             "(checksum differs): copy the whole folder again")
     if side["base_fingerprint"] != tm.tt.fingerprint():
         raise ArtifactError(f"task {name!r} in {folder} was saved on another base than the folder's: save again")
-    missing = set(tm.tt.slots) - set(tensors)
+    missing = set(tm.tt.slots) - set(tensors) - set(side["omitted"])   # omitted: equal to the base (TAPS)
     if missing or set(tensors) - set(tm.tt.slots):
         odd = sorted(missing or set(tensors) - set(tm.tt.slots))[0]
         raise ArtifactError(f"task {name!r} does not fit the wrapped model (slot {odd!r}): the manifest's method "

@@ -16,6 +16,8 @@ Methods (the per-task tensors; everything else is the frozen shared base, see `c
 - ``taps`` (Wallingford et al., CVPR 2022): every Conv/Linear outside the head gets a gated delta and a score,
   norms and head are per task; ``penalty()`` is λ·R(s) of the active task (`methods.blocks.gating`).
 - ``head``: only the last layer (linear probing).
+- ``slots``: the parameters and buffers you name (`slots=[...]`, qualified names); what a `taskshare run` of
+  finetune/EWC/LwF (heads), expert-per-task (everything) or a patch method records for its tasks.
 
 The head is found by name (``head``, ``classifier``, ``fc``; its last Linear); ``add_task(name, num_classes)``
 gives the task a new head of that size, initialised like ``nn.Linear`` from (seed, task index).
@@ -43,7 +45,8 @@ __all__ = ["METHODS", "TaskModel"]
 
 METHODS = {"patches": "model patches: per-task norm scale/bias (+ statistics), depthwise kernels and/or head",
            "taps": "TAPS: per-task gated deltas on every layer, a sparsity penalty picks the layers",
-           "head": "a new head per task on a frozen base (linear probing)"}
+           "head": "a new head per task on a frozen base (linear probing)",
+           "slots": "the per-task parameters and buffers you name (slots=[qualified names])"}
 
 
 def _head_init(in_dim: int, num_classes: int, seed: int, index: int) -> dict[str, torch.Tensor]:
@@ -58,7 +61,8 @@ class TaskModel(nn.Module):
 
     def __init__(self, model: nn.Module, method: str = "patches", *, kinds: str = "scale-bias+head",
                  head: str | None = "auto", layer_types: Sequence[str] = ("Conv2d", "Linear"),
-                 lambda_: float = 1.0, penalty_mode: str = "official", seed: int = 0,
+                 lambda_: float = 1.0, penalty_mode: str = "official", tau: float = gating.TAU,
+                 score_init: float = gating.SCORE_INIT, slots: Sequence[str] = (), seed: int = 0,
                  input_shape: Sequence[int] | None = None, preprocessing: dict[str, Any] | None = None):
         super().__init__()
         if method not in METHODS:
@@ -74,8 +78,15 @@ class TaskModel(nn.Module):
             slots += [s for s in bn_stat_slots(model) if s not in slots]
             tt = TaskTensors(model, slots)
         elif method == "taps":
-            self.options.update(layer_types=list(layer_types), lambda_=float(lambda_), penalty_mode=penalty_mode)
-            tt = gating.wrap(model, layer_types=tuple(layer_types), head=self.head_name)
+            self.options.update(layer_types=list(layer_types), lambda_=float(lambda_), penalty_mode=penalty_mode,
+                                tau=float(tau), score_init=float(score_init))
+            tt = gating.wrap(model, layer_types=tuple(layer_types), head=self.head_name, tau=tau,
+                             score_init=score_init)
+        elif method == "slots":
+            if not slots:
+                raise ConfigError("method='slots' needs slots=[names of the per-task parameters and buffers]")
+            self.options["slots"] = list(slots)
+            tt = TaskTensors(model, slots)
         else:
             if self.head_name is None:
                 raise ConfigError(f"{type(model).__name__} has no head (a module named head, classifier or fc): "
@@ -222,15 +233,22 @@ class TaskModel(nn.Module):
             return merged_model(self.tt, task)
         with self.tt.use(task), torch.no_grad():
             model = copy.deepcopy(self.model)
-            has_stats = any(s.endswith("running_mean") for s in self.tt.slots)
-            folded = folded_bn(self.tt, task) if self.method == "patches" and has_stats and \
-                "scale-bias" in self.options["kinds"] else {}
+            folded = self._folded(task)
             for name, value in folded.items():
                 model.get_parameter(name).copy_(value) if name.endswith(("weight", "bias")) \
                     else model.get_buffer(name).copy_(value)
         for p in model.parameters():
             p.requires_grad_(False)
         return model.eval()
+
+    def _folded(self, task: str) -> dict[str, torch.Tensor]:
+        """`task`'s BN statistics folded into its scale/bias, where both are per task (else nothing to fold)."""
+        if not any(s.endswith("running_mean") for s in self.tt.slots):
+            return {}
+        try:
+            return folded_bn(self.tt, task)
+        except ConfigError:   # statistics per task but scale/bias shared: kept as statistics
+            return {}
 
     def save(self, folder, tasks: Sequence[str] | None = None, include_base: bool | None = None):
         """Write a self-describing folder (manifest.json, tasks/*.safetensors, base.safetensors when the base

@@ -79,7 +79,7 @@ def _scan(root: Path, classes: list[str] | None) -> tuple[list[Path], list[int],
     return files, labels, classes
 
 
-def _load_folder(files: list[Path], size: tuple[int, int] | None, grayscale: bool) -> torch.Tensor:
+def load_images(files: list[Path], size: tuple[int, int] | None, grayscale: bool) -> torch.Tensor:
     """Read images as uint8 (N, C, H, W); resize to ``size`` or require the first image's size."""
     from PIL import Image, UnidentifiedImageError
 
@@ -137,12 +137,12 @@ def imagefolder_task(
     if train_root.is_dir() and test_root.is_dir():
         files, labels, classes = _scan(train_root, None)
         test_files, test_labels, _ = _scan(test_root, classes)
-        all_x = _load_folder(files + test_files, size, grayscale)
+        all_x = load_images(files + test_files, size, grayscale)
         x, test_x = all_x[: len(files)], all_x[len(files):]
         y, test_y = torch.tensor(labels, dtype=torch.int64), torch.tensor(test_labels, dtype=torch.int64)
     else:
         files, labels, classes = _scan(root, None)
-        all_x = _load_folder(files, size, grayscale)
+        all_x = load_images(files, size, grayscale)
         all_y = torch.tensor(labels, dtype=torch.int64)
         keep, test_idx = split_train_val(None, all_y, TEST_FRACTION, TEST_SEED)
         x, y = all_x[keep], all_y[keep]

@@ -43,6 +43,7 @@ import torch
 from taskshare import progress
 from taskshare.config import RunConfig, check_options
 from taskshare.core.checkpoint import check_lifelong, restoring
+from taskshare.api.folder import write_run_manifest
 from taskshare.core.paths import safe_name
 from taskshare.core.serialize import save_tensors
 from taskshare.engine import distributed as ddp
@@ -213,6 +214,9 @@ def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benc
     if done is not None:
         return done
     tasks = [t.limit(cfg.limit, seed=cfg.seed) if cfg.limit else t for t in stream.tasks]
+    if cfg.limit and cfg.limit < cfg.batch_size and not cls.offline:
+        run.say(f"[{method}] warning: --limit {cfg.limit} is below the batch size {cfg.batch_size}: one "
+                "optimizer step per task and epoch")
     _check_file_names([t.name for t in tasks])
     learner = _build_learner(cls, stream, tasks, cfg, options)
     run.need_space(state_bytes(learner.tensors()))
@@ -236,20 +240,33 @@ def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benc
         state.train_online(next_task, next_epoch)
     # validation accuracy of every task at the end: what hyper-parameters may be chosen on (never test)
     val_acc = [evaluate(learner, t.val, t.name, cfg.eval_batch_size, learner.device) for t in tasks]
-    return run.finish(lambda: _results(run, learner, benchmark, method, cfg, state.names, state.rows, val_acc),
+    return run.finish(lambda: _results(run, learner, benchmark, method, cfg, state.names, state.rows, val_acc,
+                                       tasks),
                       lambda r: f"avg acc {r['avg_acc']:.4f}")
 
 
-def save_artifacts(learner, names: list[str], art_dir: Path) -> tuple[dict[str, int], int]:
-    """base.safetensors (shared tensors) + one artifact per task; returns ({task: bytes}, base bytes)."""
+def save_artifacts(learner, names: list[str], art_dir: Path, tasks=()) -> tuple[dict[str, int], int]:
+    """base.safetensors (shared tensors) + one artifact per task + manifest.json (`api.folder`: what
+    `taskshare.load`, `predict` and `export` read); returns ({task: bytes}, base bytes)."""
     base = save_tensors(art_dir / "base.safetensors", learner.shared_tensors(),
                         {"base_fingerprint": learner.base_fingerprint()})
     sizes = {name: learner.save_artifact(name, art_dir / safe_name(name)) for name in names}
+    done = [t for t in tasks if t.name in sizes]
+    if done:
+        write_run_manifest(art_dir, learner, done, _preprocessing(done[0]))
     return sizes, base
 
 
-def _results(run: Run, learner, benchmark, method, cfg, names, rows, val_acc) -> dict[str, Any]:
-    sizes, _ = save_artifacts(learner, names, run.run_dir / "artifacts")
+def _preprocessing(task) -> dict[str, Any]:
+    """How the stream turns stored inputs into the network's (what `predict` repeats on new inputs)."""
+    t = getattr(task.train, "transform", None)
+    scale = getattr(t, "scale", None)
+    return {"stored_dtype": str(task.train.x.dtype).removeprefix("torch."), "transform": repr(t) if t else None,
+            "scale": scale}
+
+
+def _results(run: Run, learner, benchmark, method, cfg, names, rows, val_acc, tasks=()) -> dict[str, Any]:
+    sizes, _ = save_artifacts(learner, names, run.run_dir / "artifacts", tasks)
     base = learner.shared_parameter_count()
     added = [learner.added_parameters(n) for n in names]
     final = rows[-1]
