@@ -204,6 +204,9 @@ def test_multi_seed_summary_and_config_yaml_rerun(tmp_path, capsys):
         a, b = (json.loads((d / f"seed-{s}" / "finetune" / "results.json").read_text())["acc_matrix"]
                 for d in (out, tmp_path / "again"))
         assert a == b
+    log = [json.loads(line) for line in (out / "seed-1" / "finetune" / "epochs.jsonl").read_text().splitlines()]
+    assert [(r["task"], r["epoch"]) for r in log] == [(f"digits-{2 * i}-{2 * i + 1}", 1) for i in range(5)]
+    assert all(r["train_loss"] > 0 for r in log)
     text = (out / "config.yaml").read_text()
     assert "lr: 0.01" in text and "n_tasks: 5" in text and "limit: 40" in text
     assert main(["run", "digits-tiny", "--seed", "0,x", "--out", str(tmp_path / "bad"), "--quiet"]) == 2

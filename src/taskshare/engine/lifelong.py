@@ -136,6 +136,8 @@ class _Lifelong:
                 self.learner.begin_epoch(epoch)
                 train_one(gen, guard, bar)
                 self.learner.end_epoch(epoch)
+                self.run.log_epoch({"task": None if self.learner.offline else self.tasks[task_index].name,
+                                    "epoch": epoch + 1, "train_loss": guard.epoch_mean()})
                 if self.reducer is not None:
                     _check_in_sync(self.learner, where(epoch))
                 if epoch + 1 < cfg.epochs and self.run.due():

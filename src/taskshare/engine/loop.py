@@ -37,6 +37,7 @@ class NonFiniteGuard:
         self.count = 0
         self.steps = 0
         self.last = float("nan")
+        self.epoch_sum, self.epoch_count = 0.0, 0   # since `epoch_mean` was last called
 
     def add(self, loss: torch.Tensor) -> None:
         loss = loss.detach().float()
@@ -61,7 +62,15 @@ class NonFiniteGuard:
                                 "(--set lr=...) or a regularizer weight, or train in fp32 if you use --precision bf16; "
                                 "the last good checkpoint is kept")
         self.last = value / n
+        self.epoch_sum, self.epoch_count = self.epoch_sum + value, self.epoch_count + n
         return self.last
+
+    def epoch_mean(self) -> float | None:
+        """The mean loss of the steps since the previous call (flushing first); None without steps."""
+        self.flush()
+        mean = self.epoch_sum / self.epoch_count if self.epoch_count else None
+        self.epoch_sum, self.epoch_count = 0.0, 0
+        return mean
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -275,6 +275,7 @@ class _MultiOutput:
         if getattr(self.stepper, "last_weights", None) is not None:
             entry["loss_weights"] = dict(zip(self.names, self.stepper.last_weights))
         self.history.append(entry)
+        self.run.log_epoch(entry)
         self.run.say(f"[{self.method}] epoch {epoch + 1}/{self.cfg.epochs}: train loss "
                      + " ".join(f"{t}={v:.4g}" for t, v in entry["train_loss"].items())
                      + (f", val delta_m {entry['val_delta_m']:+.2f}%" if "val_delta_m" in entry else "")

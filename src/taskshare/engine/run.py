@@ -18,6 +18,8 @@ runs with the same seed and settings.
 """
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import platform
 import resource
@@ -68,6 +70,20 @@ def state_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+EPOCH_LOG = "epochs.jsonl"  # one JSON object per trained epoch: task, epoch, train_loss (+ validation), time_s
+
+
+def _scalars(record: dict[str, Any], prefix: str = "") -> list[tuple[str, float]]:
+    """The numeric leaves of a log record as (slash/joined/key, value)."""
+    out = []
+    for k, v in record.items():
+        if isinstance(v, dict):
+            out += _scalars(v, f"{prefix}{k}/")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch",):
+            out.append((f"{prefix}{k}", float(v)))
+    return out
+
+
 @dataclass
 class Run:
     """One method's run folder and life cycle (see the module docstring)."""
@@ -80,6 +96,8 @@ class Run:
     on_checkpoint: Callable[..., None] | None = None
     _start: float = field(default_factory=time.perf_counter)
     _last_checkpoint: float = field(default_factory=time.monotonic)
+    _logged: int = 0           # epochs logged by this process (the TensorBoard step)
+    _tb: Any = None            # the TensorBoard writer, when the package is installed
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
@@ -127,6 +145,28 @@ class Run:
         return ckpt
 
     # ---------------------------------------------------------------------------------------- checkpoints
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        """Append one epoch's metrics to RUN/epochs.jsonl (rank 0), with the elapsed time; and to TensorBoard
+        event files in RUN/tensorboard/ when the `tensorboard` package is installed."""
+        if not ddp.info().is_main:
+            return
+        record = {**record, "time_s": round(self.elapsed(), 3)}
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / EPOCH_LOG, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, sort_keys=True, allow_nan=True) + "\n")
+        self._logged += 1
+        writer = self._tensorboard()
+        if writer is not None:
+            for key, value in _scalars(record):
+                writer.add_scalar(key, value, self._logged)
+            writer.flush()
+
+    def _tensorboard(self):
+        if self._tb is None and importlib.util.find_spec("tensorboard") is not None:
+            from torch.utils.tensorboard import SummaryWriter
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+        return self._tb
+
     def need_space(self, nbytes: int) -> None:
         """Room for a checkpoint of `nbytes` of tensors (plus moments; twice while the rename is atomic)."""
         if ddp.info().is_main:
