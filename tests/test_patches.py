@@ -322,13 +322,15 @@ def test_multi_task_touches_a_task_only_with_its_own_samples():
         assert torch.equal(mt.tt.tensors(t.name)[f"{bn}.num_batches_tracked"], expected[t.name + "n"])
 
 
-def test_multi_task_keeps_bn_statistics_per_task_for_every_kind():
+def test_bn_statistics_are_per_task_for_every_kind_but_a_head_alone():
     mt = PatchesMultiTask(CFG, PatchesMultiTask.Options(kinds="depthwise+head", backbone="mobilenetv2-random",
                                                         width=0.25, image_size=16), SHAPE)
     assert set(bn_stat_slots(mt.net)) <= set(mt.tt.slots)
     assert not mt.frozen_bn
-    tr = Patches(CFG, options("depthwise+head"), SHAPE)  # transfer: pretrained statistics stay frozen
-    assert not set(bn_stat_slots(tr.net)) & set(tr.tt.slots) and len(tr.frozen_bn) == 52
+    tr = Patches(CFG, options("depthwise+head"), SHAPE)  # transfer too: per-task statistics (issue 13)
+    assert set(bn_stat_slots(tr.net)) <= set(tr.tt.slots) and not tr.frozen_bn
+    probe = Patches(CFG, options("head"), SHAPE)  # a head alone is linear probing: shared, frozen statistics
+    assert not set(bn_stat_slots(probe.net)) & set(probe.tt.slots) and len(probe.frozen_bn) == 52
 
 
 # ------------------------------------------------------------------------------------ through the runner

@@ -5,8 +5,8 @@ from pathlib import Path
 
 from torch import nn
 
-from taskshare.api.folder import SCHEMA, builder_of, fill, prepare_load, read_manifest
-from taskshare.api.taskmodel import METHODS, TaskModel
+from taskshare.methods.blocks.taskfolder import SCHEMA, builder_of, fill, prepare_load, read_manifest
+from taskshare.methods.blocks.taskmodel import METHODS, TaskModel
 
 __all__ = ["METHODS", "SCHEMA", "TaskModel", "builder_of", "load", "read_manifest", "wrap"]
 

@@ -43,7 +43,7 @@ import torch
 from taskshare import progress
 from taskshare.config import RunConfig, check_options
 from taskshare.core.checkpoint import check_lifelong, restoring
-from taskshare.api.folder import write_run_manifest
+from taskshare.methods.blocks.taskfolder import write_run_manifest
 from taskshare.core.paths import safe_name
 from taskshare.core.serialize import save_tensors
 from taskshare.engine import distributed as ddp

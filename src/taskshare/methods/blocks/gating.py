@@ -6,6 +6,8 @@ official-code references are in the TAPS method's docstring (`taskshare.methods.
 """
 from __future__ import annotations
 
+import copy
+
 import warnings
 from typing import ClassVar
 
@@ -237,3 +239,28 @@ def task_penalty(source, task: str, lambda_: float, mode: str = "official") -> t
     ts = tt.tensors(task)
     s = torch.stack([ts[f"{n}.score"] for n in sizes])
     return penalty(s, torch.tensor(list(sizes.values())), lambda_, mode)
+
+
+def merged_model(source, task: str | None = None) -> nn.Module:
+    """A plain copy of the network for `task` (default: the active one) with W + ΔW folded into each layer.
+
+    Gated layers become their original class (nn.Conv2d, nn.Linear, ...) holding W + ΔW when active and W
+    when not; norms and head are the task's. No gating overhead: it runs at the base model's speed and gives
+    the gated model's outputs exactly. Parameters are frozen and the copy is in eval mode.
+    """
+    tt = task_tensors(source)
+    task = tt.active if task is None else task
+    with tt.use(task), torch.no_grad():
+        model = copy.deepcopy(tt.model)
+        for m in gated_layers(model).values():
+            w, b = m.effective()
+            for leaf in TAPS_LEAVES:
+                del m._parameters[leaf]
+            del m.taps_tau
+            m.__class__ = m._taps_base
+            m.weight = nn.Parameter(w)
+            if b is not None:
+                m.bias = nn.Parameter(b)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()

@@ -8,10 +8,14 @@ re-learned per task while everything else is shared. Patch kinds (composable wit
 ``scale-bias``  the affine (gamma, beta) of every normalization layer (BatchNorm, LayerNorm, GroupNorm), with
                 the BatchNorm running statistics (mu, sigma^2, num_batches_tracked) as per-task *buffers*:
                 ``y = gamma_t (x - mu_t) / sqrt(sigma_t^2 + eps) + beta_t``.
-``bias``        every bias term (norm betas, conv/linear biases); BatchNorm statistics stay shared.
+``bias``        every bias term (norm betas, conv/linear biases).
 ``depthwise``   every depthwise convolution (groups == in_channels, out_channels a multiple): all of a
                 MobileNet's spatial filters.
 ``full``        every parameter and buffer: a whole copy per task (the fine-tuning baseline).
+
+Whatever the kinds, every BatchNorm's running statistics are per-task buffers (the paper re-estimates them
+for each task; shared ones would leave a depthwise or bias patch normalising with ImageNet's statistics, or mix
+tasks). Only a head alone (``--method head``, linear probing) keeps the base's statistics, frozen.
 
 For MobileNetV2 1.0 (torchvision definition): scale-bias 34,112 parameters (52 BN layers, 0.97%),
 depthwise 64,224 over 17 layers (1.83%), ImageNet logits 1,281,000 (`count_patch`, `inspect_backbone`).
@@ -26,9 +30,10 @@ re-estimate statistics around the folded affine.
 Training modes:
 
 * **transfer** (`Patches`, ``--method patches``): the base is frozen (``requires_grad=False``); each new task
-  trains only its patch (+ its BN statistics, in train-mode BN). BatchNorm layers whose statistics are not
-  part of the patch run in eval mode with the pretrained statistics, so the base is bit-identical after
-  every task and so are earlier tasks' outputs (zero forgetting by construction). The paper re-estimates
+  trains only its patch (+ its BN statistics, in train-mode BN; a head alone runs every BatchNorm in eval
+  mode with the pretrained statistics), so the base is bit-identical after every task and so are earlier
+  tasks' outputs (zero forgetting by construction). The per-task tensors are those of
+  `taskshare.wrap(model, method="patches")` (`methods.blocks.taskmodel.TaskModel`): one code path. The paper re-estimates
   the BN statistics for each task; here the running averages gathered while training are replaced at the
   task's end (`end_task`) by the equal-weight average over ``bn_samples`` training samples with the final
   patch (running averages lag behind a patch that was still changing and start from the base's
@@ -75,7 +80,7 @@ from taskshare.methods.patches.config import MODES, PATCH_BACKBONES, PatchesOpti
 from taskshare.methods.patches.inspect import INSPECT_BACKBONES, inspect_backbone
 from taskshare.methods.patches.learner import NAMED_PATCHES, Patches, PatchesMultiTask, patch_backbone, patch_methods
 from taskshare.models import build_backbone, token_input
-from taskshare.methods.patches.mixed import TaskStacks, mixed_forward, stack_tasks
+from taskshare.methods.blocks.mixed import TaskStacks, mixed_forward, stack_tasks
 
 __all__ = ["BN_STATS", "INSPECT_BACKBONES", "KINDS", "MODES", "NAMED_PATCHES", "NORMS", "PATCH_BACKBONES",
            "PatchOptions", "Patches", "PatchesMultiTask", "PatchesOptions", "TaskStacks", "available_kinds",

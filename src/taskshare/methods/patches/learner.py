@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from taskshare import progress
-from taskshare.core import TaskTensors
 from taskshare.errors import ConfigError
 from taskshare.methods.base import Learner, make_optimizer, task_seed
-from taskshare.methods.blocks.patching import bn_stat_slots, parse_kinds, patch_slots, save_patch
+from taskshare.methods.blocks.patching import parse_kinds, save_patch
+from taskshare.methods.blocks.taskmodel import TaskModel
 from taskshare.methods.patches.config import PatchesOptions, PatchOptions
-from taskshare.methods.patches.mixed import mixed_forward
+from taskshare.methods.blocks.mixed import mixed_forward
 from taskshare.models import TaskNet, build_backbone, new_head, token_input
 
 __all__ = ["NAMED_PATCHES", "Patches", "PatchesMultiTask", "patch_backbone", "patch_methods"]
@@ -54,15 +54,14 @@ class Patches(Learner):
         backbone = build_backbone(patch_backbone(options.backbone, cfg.model, input_shape), input_shape,
                                   task_seed(cfg.seed, 0, salt=1), width=options.width, image_size=options.image_size,
                                   weights=options.weights, sha256=options.sha256)
-        self.net = TaskNet(backbone).to(self.device)
-        slots = patch_slots(self.net, self.kinds)
-        if self.multi_task:  # per-task statistics for every kind: shared ones would mix tasks
-            slots += [s for s in bn_stat_slots(self.net) if s not in slots]
-        self.tt = TaskTensors(self.net, slots)
-        if not self.multi_task:
+        # the same TaskModel as taskshare.wrap(model, method="patches"): per-task BN statistics for every kind
+        # but a head alone (the paper's patches re-estimate them; shared ones would mix tasks)
+        self.tm = TaskModel(TaskNet(backbone).to(self.device), "patches", kinds="+".join(self.kinds), head="head")
+        self.net, self.tt = self.tm.model, self.tm.tt
+        if self.multi_task:  # the base trains with the patches
             for p in self.tt.shared_parameters():
-                p.requires_grad_(False)
-        slot_set = set(slots)
+                p.requires_grad_(True)
+        slot_set = set(self.tt.slots)
         bns = [(p, m) for p, m in self.net.named_modules() if isinstance(m, _BatchNorm)]
         self.frozen_bn = [m for p, m in bns if f"{p}.running_mean" not in slot_set and m.track_running_stats]
         self.task_bn = [m for p, m in bns if f"{p}.running_mean" in slot_set]

@@ -1,19 +1,16 @@
 """TAPS task artifacts: only the active layers' deltas (exact export and import), and the merged model."""
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
 
 from taskshare.core import load_task, save_task
 from taskshare.core.artifacts import read_artifact
 from taskshare.errors import ArtifactError
-from taskshare.methods.blocks.gating import TAPS_LEAVES, active_layers, gated_layers, scores, task_tensors
+from taskshare.methods.blocks.gating import active_layers, gated_layers, merged_model, scores, task_tensors
 
-__all__ = ["export_task", "import_task", "merged_model"]
+__all__ = ["export_task", "import_task", "merged_model"]  # merged_model: methods.blocks.gating
 
 
 def export_task(source, task: str, path: str | Path, *, meta: dict[str, Any] | None = None) -> int:
@@ -57,28 +54,3 @@ def import_task(target, path: str | Path, task: str | None = None, *, replace: b
         tt.remove_task(name)
         raise ArtifactError(f"{path} is corrupted: its scores do not match its list of active layers; re-export it")
     return name
-
-
-def merged_model(source, task: str | None = None) -> nn.Module:
-    """A plain copy of the network for `task` (default: the active one) with W + ΔW folded into each layer.
-
-    Gated layers become their original class (nn.Conv2d, nn.Linear, ...) holding W + ΔW when active and W
-    when not; norms and head are the task's. No gating overhead: it runs at the base model's speed and gives
-    the gated model's outputs exactly. Parameters are frozen and the copy is in eval mode.
-    """
-    tt = task_tensors(source)
-    task = tt.active if task is None else task
-    with tt.use(task), torch.no_grad():
-        model = copy.deepcopy(tt.model)
-        for m in gated_layers(model).values():
-            w, b = m.effective()
-            for leaf in TAPS_LEAVES:
-                del m._parameters[leaf]
-            del m.taps_tau
-            m.__class__ = m._taps_base
-            m.weight = nn.Parameter(w)
-            if b is not None:
-                m.bias = nn.Parameter(b)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model.eval()

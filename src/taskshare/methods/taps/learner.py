@@ -12,8 +12,9 @@ from torch import nn
 
 from taskshare.errors import ConfigError
 from taskshare.methods.base import Learner, default_model, task_seed
-from taskshare.methods.blocks.gating import TAPS_LEAVES, active_layers, gated_layers, layer_sizes, penalty, wrap
+from taskshare.methods.blocks.gating import TAPS_LEAVES, active_layers, gated_layers, layer_sizes, penalty
 from taskshare.methods.taps.config import TapsJointOptions, TapsOptions, TapsTwoStageOptions
+from taskshare.methods.blocks.taskmodel import TaskModel
 from taskshare.methods.taps.export import export_task, merged_model
 from taskshare.models import PRETRAINED, TaskNet, build_backbone, head_logits, new_head, token_input
 
@@ -48,7 +49,10 @@ class _TapsLearner(Learner):
                 cfg.model == "auto" and token_input(input_shape))
             self.backbone_mode = "model" if pretrained else "first-task"
         self.net = TaskNet(backbone).to(self.device)
-        self.tt = wrap(self.net, layer_types=o.layer_types, tau=o.tau, score_init=o.score_init, head="head")
+        # the same TaskModel as taskshare.wrap(model, method="taps"): one code path for the per-task tensors
+        self.tm = TaskModel(self.net, "taps", layer_types=o.layer_types, tau=o.tau, score_init=o.score_init,
+                            lambda_=o.lambda_, penalty_mode=o.penalty, head="head")
+        self.tt = self.tm.tt
         self.layers = list(gated_layers(self.net))
         self._score_slots = [f"{n}.score" for n in self.layers]
         self._sizes = torch.tensor(list(layer_sizes(self.net).values()))

@@ -12,7 +12,8 @@ Methods (the per-task tensors; everything else is the frozen shared base, see `c
 
 - ``patches`` (Mudrakarta et al., ICLR 2019): the patch `kinds` joined by '+' (``scale-bias``, ``bias``,
   ``depthwise``, ``head``, ``full``). Every BatchNorm's running statistics are per task whatever the kinds
-  (the paper's patches re-estimate them per task; shared statistics would mix tasks).
+  (the paper's patches re-estimate them per task; shared statistics would mix tasks), except for a head alone
+  (linear probing on the frozen base, its statistics included).
 - ``taps`` (Wallingford et al., CVPR 2022): every Conv/Linear outside the head gets a gated delta and a score,
   norms and head are per task; ``penalty()`` is λ·R(s) of the active task (`methods.blocks.gating`).
 - ``head``: only the last layer (linear probing).
@@ -38,8 +39,7 @@ from taskshare.core import TaskTensors
 from taskshare.errors import ConfigError, TaskshareError
 from taskshare.methods.blocks import gating
 from taskshare.methods.blocks.patching import bn_stat_slots, find_head, folded_bn, parse_kinds, patch_slots
-from taskshare.methods.patches.mixed import mixed_forward
-from taskshare.methods.taps.export import merged_model
+from taskshare.methods.blocks.mixed import mixed_forward
 
 __all__ = ["METHODS", "TaskModel"]
 
@@ -75,7 +75,8 @@ class TaskModel(nn.Module):
         if method == "patches":
             self.options["kinds"] = "+".join(parse_kinds(kinds))
             slots = patch_slots(model, self.options["kinds"])
-            slots += [s for s in bn_stat_slots(model) if s not in slots]
+            if self.options["kinds"] != "head":   # a head alone is linear probing: the base's statistics
+                slots += [s for s in bn_stat_slots(model) if s not in slots]
             tt = TaskTensors(model, slots)
         elif method == "taps":
             self.options.update(layer_types=list(layer_types), lambda_=float(lambda_), penalty_mode=penalty_mode,
@@ -230,7 +231,7 @@ class TaskModel(nn.Module):
         """A standalone copy of the network for `task` in eval mode: TAPS deltas folded into the weights,
         patches' BN statistics folded into scale and bias; same outputs as ``self(x, task=task)`` in eval."""
         if self.method == "taps":
-            return merged_model(self.tt, task)
+            return gating.merged_model(self.tt, task)
         with self.tt.use(task), torch.no_grad():
             model = copy.deepcopy(self.model)
             folded = self._folded(task)
@@ -252,6 +253,6 @@ class TaskModel(nn.Module):
 
     def save(self, folder, tasks: Sequence[str] | None = None, include_base: bool | None = None):
         """Write a self-describing folder (manifest.json, tasks/*.safetensors, base.safetensors when the base
-        cannot be rebuilt from installed weights); see `taskshare.api.folder`."""
-        from taskshare.api.folder import save_folder
+        cannot be rebuilt from installed weights); see `taskshare.methods.blocks.taskfolder`."""
+        from taskshare.methods.blocks.taskfolder import save_folder
         return save_folder(self, folder, tasks, include_base)

@@ -1,4 +1,5 @@
-"""Mixed-task batches: every sample with its own task's patch in one forward (see `taskshare.methods.patches`)."""
+"""Mixed-task batches: every sample with its own task's patch in one forward (model patches, `TaskModel`;
+see `taskshare.methods.patches`)."""
 from __future__ import annotations
 
 import dataclasses
