@@ -63,7 +63,8 @@ def base_hash(tt) -> str:
 
 def test_options_from_set_and_one_line_errors():
     o = check_options(Taps.Options, {"lambda": "0.5", "penalty": "size-weighted", "layer_types": "[Linear]"}, "taps")
-    assert (o.lambda_, o.penalty, o.layer_types, o.warmup_epochs, o.tau) == (0.5, "size-weighted", ("Linear",), 3, 0.1)
+    assert (o.lambda_, o.penalty, o.layer_types, o.warmup_epochs, o.tau) == (0.5, "size-weighted", ("Linear",), None,
+                                                                              0.1)
     for values, message in [({"penalty": "l2"}, "taps.penalty='l2' is unknown"),
                             ({"tau": "0"}, "taps.tau must be > 0"),
                             ({"lambda": "-1"}, "taps.lambda must be >= 0"),
@@ -140,7 +141,7 @@ def test_warmup_counts_samples_into_epochs(stream, cfg):
 
 
 def test_warmup_longer_than_training_warns(stream, cfg):
-    learner = Taps(cfg, Taps.Options(backbone="model"), stream[0].input_shape)
+    learner = Taps(cfg, Taps.Options(backbone="model", warmup_epochs=cfg.epochs), stream[0].input_shape)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         learner.begin_task(stream[0], 0)
@@ -449,3 +450,22 @@ def test_runner_resolves_model_auto_to_the_streams_default_model(stream, cfg, tm
     assert r_auto["params"] == r_cnn["params"] != r_mlp["params"]
     assert r_auto["acc_matrix"] == r_cnn["acc_matrix"]
     assert r_auto["config"]["model"] == "auto"  # the config is recorded as given
+
+
+def test_default_warmup_is_the_official_share_so_a_default_run_applies_the_penalty(tmp_path):
+    """3 of 31 epochs as in the official recipe: 3 at 31, 1 at 10, 0 at the default 2 (issue 13)."""
+    from taskshare.methods.taps.config import warmup_for
+    o = Taps.Options()
+    assert [warmup_for(o, e) for e in (2, 10, 31)] == [0, 1, 3]
+    assert warmup_for(Taps.Options(warmup_epochs=5), 2) == 5
+    from taskshare.config import RunConfig
+    from taskshare.data import build_benchmark
+    stream = build_benchmark("digits-tiny", seed=0, options={"n_tasks": 2})
+    cfg = RunConfig(epochs=2, model="cnn", methods={"taps": {"lambda": 2.0}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # no "penalty never switches on" warning at the defaults
+        res = run_method(stream, "taps", cfg, tmp_path, benchmark="digits-tiny", quiet=True)
+    taps = res["taps"]
+    assert taps["warmup_epochs"] == 0 and taps["lambda"] == 2.0
+    second = taps["tasks"][stream[1].name]   # the first task trains the random base ("first-task")
+    assert second["penalty"] > 0 and 0 < second["active"] < second["layers"] == 5

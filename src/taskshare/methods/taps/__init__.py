@@ -32,10 +32,11 @@ same), not something the implementation adds; choose λ (or lr) with it in mind 
 
 **Warm-up** (``warmup_epochs``). The penalty is off during the first ``warmup_epochs`` epochs of a task's
 TAPS training (0-based epochs e < warmup_epochs) and on from epoch ``warmup_epochs``. The official code
-penalises when ``epoch > --warmup_epochs`` (default 2: epochs 0, 1, 2 unpenalised), so official
-``--warmup_epochs k`` is ``warmup_epochs = k + 1`` here; the default 3 reproduces the official default.
-With fewer epochs than that (taskshare's default run has 2) the penalty never switches on; the learners
-warn once.
+penalises when ``epoch > --warmup_epochs`` (default 2: epochs 0, 1, 2 unpenalised of the 31 its loop runs
+for ``--epochs 30``), so official ``--warmup_epochs k`` is ``warmup_epochs = k + 1`` here. The default
+(null) keeps the official *share*: round(3/31 of the run's TAPS epochs), which is 3 at the official 31, 1 at
+10 and 0 at taskshare's default 2 epochs, so a default run applies the penalty (the earlier fixed 3 never
+did). An explicit ``warmup_epochs`` >= the epochs means no penalty; the learners warn once.
 
 **Epoch counting.** The runner counts epochs; the learner counts training *samples* it has observed since
 `begin_task` (or `begin_all`) and derives ``epoch = samples // len(train split)`` (the sum of the splits for

@@ -20,7 +20,7 @@ def _check_common(o, section: str) -> None:
         raise ConfigError(f"{section}.tau must be > 0 (the L1 penalty pulls scores to 0), got {o.tau}")
     if not math.isfinite(o.score_init):
         raise ConfigError(f"{section}.score_init must be a finite number, got {o.score_init}")
-    if o.warmup_epochs < 0:
+    if o.warmup_epochs is not None and o.warmup_epochs < 0:
         raise ConfigError(f"{section}.warmup_epochs must be >= 0, got {o.warmup_epochs}")
     if o.bn_samples < 0:
         raise ConfigError(f"{section}.bn_samples must be >= 0, got {o.bn_samples}")
@@ -40,6 +40,16 @@ def _check_common(o, section: str) -> None:
                           f"{', '.join(LAYER_TYPES)}, e.g. --set {section}.layer_types=[Conv2d,Linear]")
 
 
+OFFICIAL_WARMUP = (3, 31)  # the official recipe: epochs 0..2 unpenalised of the 31 its loop runs
+
+
+def warmup_for(o, epochs: int) -> int:
+    """The unpenalised epochs of a TAPS task: `warmup_epochs`, or (null) round(3/31 of the TAPS epochs)."""
+    if o.warmup_epochs is not None:
+        return o.warmup_epochs
+    return round(epochs * OFFICIAL_WARMUP[0] / OFFICIAL_WARMUP[1])
+
+
 @dataclass
 class TapsOptions:
     """Sequential TAPS (``--set taps.<option>=...``; ``lambda`` sets ``lambda_``)."""
@@ -48,7 +58,8 @@ class TapsOptions:
     penalty: str = "official"            # official (Σ|s|/52) | size-weighted (Σ|W_i||s_i| / Σ|W_i|)
     tau: float = TAU                     # gate threshold, inclusive
     score_init: float = SCORE_INIT       # every gated layer's score for a new task (gate on: >= tau)
-    warmup_epochs: int = 3               # penalty off in epochs 0..warmup_epochs-1 (official --warmup_epochs 2)
+    warmup_epochs: int | None = None     # penalty off in epochs 0..warmup_epochs-1; null: the official share,
+                                         # 3 of 31 epochs (--warmup_epochs 2 of --epochs 30), of the run's epochs
     layer_types: tuple[str, ...] = DEFAULT_LAYER_TYPES  # layer classes that get a gated delta
     backbone: str = "auto"               # auto | first-task | model (see the module docstring)
     bn_samples: int = 0                  # sequential taps: re-estimate the task's BN statistics at its end on

@@ -13,7 +13,7 @@ from torch import nn
 from taskshare.errors import ConfigError
 from taskshare.methods.base import Learner, default_model, task_seed
 from taskshare.methods.blocks.gating import TAPS_LEAVES, active_layers, gated_layers, layer_sizes, penalty
-from taskshare.methods.taps.config import TapsJointOptions, TapsOptions, TapsTwoStageOptions
+from taskshare.methods.taps.config import TapsJointOptions, TapsOptions, TapsTwoStageOptions, warmup_for
 from taskshare.methods.blocks.taskmodel import TaskModel
 from taskshare.methods.taps.export import export_task, merged_model
 from taskshare.models import PRETRAINED, TaskNet, build_backbone, head_logits, new_head, token_input
@@ -62,6 +62,7 @@ class _TapsLearner(Learner):
         self.seen = 0          # training samples observed since begin_task / begin_all
         self.epoch_size = 1    # samples per epoch
         self._warned = False
+        self.warmup = 0        # unpenalised epochs of a task (`_resolve_warmup`)
 
     # -- tasks and optimizer
     def _add_task(self, task, index: int, *, copy_from: str | None = None, as_base: bool = False) -> None:
@@ -110,11 +111,20 @@ class _TapsLearner(Learner):
         s = torch.stack([ts[n] for n in self._score_slots])
         return penalty(s, self._sizes, self.options.lambda_, self.options.penalty)
 
-    def _warn_warmup(self, epochs: int) -> None:
+    def extra_results(self) -> dict[str, Any]:
+        """results.json's ``taps``: the warm-up used and, per task, active layers of all and its final penalty."""
+        with torch.no_grad():
+            tasks = {t: {"layers": len(self.layers), "active": len(active_layers(self.tt, t)),
+                         "penalty": float(self.penalty(t))} for t in self.tt.tasks}
+        return {"taps": {"warmup_epochs": self.warmup, "lambda": self.options.lambda_, "tasks": tasks}}
+
+    def _resolve_warmup(self, epochs: int) -> None:
+        """`self.warmup` for a task of `epochs` TAPS epochs; warn once when the penalty would never start."""
         o = self.options
-        if o.lambda_ > 0 and o.warmup_epochs >= epochs and not self._warned:
+        self.warmup = warmup_for(o, epochs)
+        if o.lambda_ > 0 and self.warmup >= epochs and not self._warned:
             self._warned = True
-            warnings.warn(f"{self.name}: warmup_epochs={o.warmup_epochs} >= {epochs} TAPS epochs, so the sparsity "
+            warnings.warn(f"{self.name}: warmup_epochs={self.warmup} >= {epochs} TAPS epochs, so the sparsity "
                           f"penalty never switches on and every layer stays task-specific; train longer "
                           f"(--set epochs=...) or lower {o.SECTION}.warmup_epochs", stacklevel=3)
 
@@ -186,7 +196,7 @@ class Taps(_TapsLearner):
         self.optimizer = self._make_optimizer(shared + other, gated)
         self._trains_base = trains_base
         if not trains_base:
-            self._warn_warmup(self.cfg.epochs)
+            self._resolve_warmup(self.cfg.epochs)
 
     def observe(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         o = self.options
@@ -198,7 +208,7 @@ class Taps(_TapsLearner):
         self.net.train()
         with self.autocast():
             loss = F.cross_entropy(self.net(x).float(), y)
-        if not self._trains_base and o.lambda_ > 0 and epoch >= o.warmup_epochs:
+        if not self._trains_base and o.lambda_ > 0 and epoch >= self.warmup:
             loss = loss + self.penalty(self.current)
         if o.accumulate == 1:
             self.optimizer.zero_grad(set_to_none=True)
@@ -296,7 +306,7 @@ class TapsJoint(_TapsLearner):
             undecayed += gated
             decayed += other
         self.optimizer = self._make_optimizer(decayed, undecayed)
-        self._warn_warmup(self.cfg.epochs)
+        self._resolve_warmup(self.cfg.epochs)
 
     def begin_task(self, task, index: int) -> None:  # single-task use (the runner calls begin_all)
         self.begin_all([task])
@@ -325,7 +335,7 @@ class TapsJoint(_TapsLearner):
 
     def observe_mixed(self, x: torch.Tensor, y: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
         self.net.train()
-        penalise = self.options.lambda_ > 0 and self.epoch >= self.options.warmup_epochs
+        penalise = self.options.lambda_ > 0 and self.epoch >= self.warmup
         return self._step(self._taps_loss(x, y, task_ids, penalise), len(y))
 
     def extra_state(self) -> dict[str, Any]:
@@ -351,7 +361,7 @@ class TapsTwoStage(TapsJoint):
             raise ConfigError(f"taps-two-stage needs more epochs ({self.cfg.epochs}) than its joint stage "
                               f"({self.joint_epochs}): raise --set epochs or lower taps-two-stage.joint_epochs")
         self._enter(1)
-        self._warn_warmup(self.cfg.epochs - self.joint_epochs)
+        self._resolve_warmup(self.cfg.epochs - self.joint_epochs)
 
     def _enter(self, stage: int) -> None:
         self.stage = stage
@@ -391,7 +401,7 @@ class TapsTwoStage(TapsJoint):
         self.net.train()
         if self.stage == 2:
             o = self.options
-            penalise = o.lambda_ > 0 and self.epoch - self.joint_epochs >= o.warmup_epochs
+            penalise = o.lambda_ > 0 and self.epoch - self.joint_epochs >= self.warmup
             return self._step(self._taps_loss(x, y, task_ids, penalise), len(y))
         self.tt.activate(None)
         loss = 0.0
