@@ -101,6 +101,7 @@ class _Lifelong:
     reducer: Any
     rows: list = dataclasses.field(default_factory=list)
     saved_state: dict | None = None
+    evaluated: dict = dataclasses.field(default_factory=dict)  # task index -> (prediction key, accuracy)
 
     @property
     def names(self) -> list[str]:
@@ -115,11 +116,21 @@ class _Lifelong:
                                "epoch": epoch, "rng": torch.get_rng_state()})
 
     def evaluate_row(self, upto: int) -> list[float | None]:
+        """Test accuracy of tasks 0..upto. A task whose `Learner.prediction_key` (a digest of every tensor its
+        predictions read) is the one it had when last evaluated keeps that accuracy (the same bytes give the
+        same outputs): with a frozen base and per-task tensors (patches, TAPS, experts, PAR) each task is
+        evaluated once, not once per later task."""
         row: list[float | None] = [None] * len(self.tasks)
         with progress.bar(upto + 1, f"{self.method} test", unit="task", quiet=self.run.quiet) as bar:
             for j in range(upto + 1):
-                row[j] = evaluate(self.learner, self.tasks[j].test, self.names[j], self.cfg.eval_batch_size,
-                                  self.learner.device)
+                key = self.learner.prediction_key(self.names[j])
+                cached = self.evaluated.get(j)
+                if key is not None and cached is not None and cached[0] == key:
+                    row[j] = cached[1]
+                else:
+                    row[j] = evaluate(self.learner, self.tasks[j].test, self.names[j], self.cfg.eval_batch_size,
+                                      self.learner.device)
+                    self.evaluated[j] = (key, row[j])
                 bar.update(1)
         return row
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from taskshare.core import TaskTensors, save_task
+from taskshare.core.artifacts import content_sha256
 from taskshare.config import RunConfig, TrainSettings
 from taskshare.models import HEAD_SLOTS, TaskNet, build_backbone, head_logits, new_head
 
@@ -135,6 +136,14 @@ class Learner(ABC):
     @abstractmethod
     def predict(self, x: torch.Tensor, task: str) -> torch.Tensor:
         """Logits of `task` for `x` (task-incremental: the task identity is given)."""
+
+    def prediction_key(self, task: str) -> str | None:
+        """A digest of every tensor `predict(x, task)` reads (same digest, same outputs), so the driver can keep
+        an earlier test accuracy; None: always evaluate. Default: the shared tensors and the task's set."""
+        tt = getattr(self, "tt", None)
+        if not isinstance(tt, TaskTensors):
+            return None
+        return tt.fingerprint() + content_sha256(tt.tensors(task))
 
     # -- accounting and artifacts (methods that store less than their whole task set override these)
     def added_parameters(self, task: str) -> int:

@@ -84,10 +84,34 @@ Relatedness uses t's validation split (official); if it has fewer than 2 samples
 training split is added (recorded as ``relatedness_split``). ``loo`` corrects the estimator's sample-size
 bias (see `relatedness.py`); ``zero_is_unrelated`` is the official s = 0 -> 1 quirk.
 
-**Official-code details not reproduced** (they belong to the runner's protocol, which is shared by all
-methods): best-validation checkpoint selection and early stopping, per-phase LR schedulers, 10x weight
-decay for N <= 25. Gradient clipping (10) is ``clip_grad``. Search uses the run's lr, momentum and weight
-decay with a cosine schedule and clipping 5, as the official search.
+**Presets** (``preset``; `config.py`). ``paper`` (default) is taskshare's defaults; ``official`` sets every
+PAR option to the official code's value at once (explicit options still override it):
+
+    option               paper (default)     official      official source
+    few_shot_max         0 (off)             25            strategy(): N_train <= 25 -> reuse
+    zero_is_unrelated    false               true          s = 0 -> s = 1
+    bn                   frozen              shared        transfer trains BN in train mode
+    channels             16                  64            --init_channel=64
+    search_epochs        -1 (run-tied)       100           --sample_epochs=100 (CTrL scripts: 50)
+    best_val             false               true          best-validation state restored per task
+    early_stop_patience  0 (off)             20            --lr_patience=20, train() only
+    few_shot_wd_max      0 (off)             25            weight decay x10 if len(train_data) <= 25
+    bn_recalibrate       true                false         (beyond the paper; `selection.py`)
+    cells/steps/stem     4 / 4 / 3           4 / 4 / 3     (same)
+    clip_grad, kd_*      10, T=2, w=1        same          (same)
+    extractor            auto (MobileNetV2)  auto          official: ImageNet ResNet-18 (not shipped)
+
+Run settings are not PAR options and no preset changes them; the official scripts use batch 64 (CTrL 32),
+lr 0.01, weight decay 0.003 (CTrL 0.03), 100 epochs (CTrL 300-500) with a cosine (or plateau) schedule.
+Best-validation selection, early stopping and the few-sample weight decay are in `selection.py`.
+
+**Search budget** (``search_epochs=-1``, the default): the search is tied to the run (`search.search_budget`):
+max(run epochs, 10) MdeNAS samples on at most run_epochs·N/epochs training samples (>= 128), so the
+search passes over about as many samples as the task's training does. The official code searches a fixed
+``sample_epochs`` (100 or 50) on the whole training set; with a short run that leaves the chosen expert
+almost untrained (1 run epoch against 10 search epochs on the same data). An explicit ``search_epochs``
+(>= 0) with ``search_limit`` restores a fixed search. Gradient clipping (10) is ``clip_grad``. Search uses
+the run's lr, momentum and weight decay with a cosine schedule and clipping 5, as the official search.
 
 **Artifacts** (`save_artifact` / `load_artifact`): a task's artifact holds what it added (see
 `tensors.py`: an owner's holds its whole expert; the others their head and own BN statistics or unit) and
@@ -102,8 +126,10 @@ architectures from their genotypes (in place when they already exist, so a live 
 Every random draw (expert and head initialisation, search split/batches/samples) derives from
 ``task_seed(seed, task index, salt)``, so a resumed run repeats an interrupted search exactly.
 
-**Package layout**: `relatedness.py` (prototypes and the estimator), `routing.py`, `search.py` (MdeNAS), `expert.py`
-(cells, experts), `units.py`, `tensors.py`, `config.py` (options), `learner.py` (the `par` learner), `artifacts.py`.
+**Package layout**: `relatedness.py` (prototypes and the estimator), `routing.py`, `search.py` (MdeNAS and its
+budget), `expert.py` (cells, experts), `units.py`, `tensors.py`, `config.py` (options, presets), `learner.py`
+(the `par` learner), `distill.py` (transfer's distillation), `selection.py` (best-validation, early stopping,
+few-sample weight decay), `artifacts.py`.
 Beyond the paper, ``par.unit=patch`` / ``par.unit=taps`` allocate a scale-bias+head model patch or TAPS gated
 deltas on the most related expert instead of a new expert (`units.py`, `learner.py`); ``expert`` (default)
 is the paper's whole-expert allocation.

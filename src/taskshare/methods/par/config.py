@@ -1,23 +1,44 @@
-"""PAR's options (``--set par.<option>=...``), with the official code's values noted beside the paper's."""
+"""PAR's options (``--set par.<option>=...``), with the official code's values noted beside the paper's.
+
+``preset`` picks a set of defaults at once: ``paper`` (taskshare's defaults, the fields' defaults below)
+or ``official`` (every default of the official code WenjinW/PAR@5539e08 that is a PAR option, `OFFICIAL`).
+An option given explicitly (``--set par.channels=16``, ``Options(channels=16)``) always overrides the preset.
+The table of both presets is in the package docstring (`taskshare.methods.par`) and docs/methods.md.
+"""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 from taskshare.methods.blocks.gating import PENALTIES
 from taskshare.methods.par.routing import SCORES
 from taskshare.methods.par.units import UNIT_KINDS
 
-__all__ = ["BN_MODES", "EXPERT_PROTOTYPES", "EXTRACTORS", "Options", "PROTOTYPES", "UNITS"]
+__all__ = ["BN_MODES", "EXPERT_PROTOTYPES", "EXTRACTORS", "OFFICIAL", "Options", "PRESETS", "PROTOTYPES", "UNITS"]
 
 BN_MODES = ("frozen", "task", "shared")
 EXTRACTORS = ("auto", "mobilenetv2", "raw", "expert")
 UNITS = ("expert",) + UNIT_KINDS
 PROTOTYPES = "par.prototypes"                # extra tensors of an artifact (not module tensors)
 EXPERT_PROTOTYPES = "par.expert_prototypes"
+PRESETS = ("paper", "official")
+# preset=official: the official code's value of every PAR option where it differs from taskshare's default
+# (src/approaches/par_v2.py and the run scripts; the search length is CIFAR/MiniImageNet's, CTrL uses 50)
+OFFICIAL: dict[str, Any] = {
+    "few_shot_max": 25,            # strategy(): N_train <= 25 reuses an expert with >= 10 N
+    "zero_is_unrelated": True,     # s = 0 -> s = 1
+    "bn": "shared",                # transfer trains the expert's BN in train mode
+    "channels": 64,                # --init_channel=64
+    "search_epochs": 100,          # --sample_epochs=100 (fixed, not tied to the run's epochs)
+    "best_val": True,              # train/reuse/transfer restore the best-validation state
+    "early_stop_patience": 20,     # --lr_patience=20 (train() only, cosine schedule)
+    "few_shot_wd_max": 25,         # _get_optimizer(few_data=len(train_data) <= 25): weight decay x10
+    "bn_recalibrate": False,       # (beyond the paper) the official running statistics are the training's
+}
 
 
-@dataclass
+@dataclass(init=False)
 class Options:
     reuse_threshold: float = 0.5      # S_e* <= this: reuse e*
     cell_threshold: float = 0.75      # S_e* <= this: new expert with e*'s genotype; above: search
@@ -37,7 +58,8 @@ class Options:
     cells: int = 4                    # official 4; cells L//3 and 2L//3 reduce
     steps: int = 4                    # nodes per cell (official 4)
     stem_multiplier: int = 3          # official 3 (the supernet uses 1)
-    search_epochs: int = 10           # MdeNAS samples (= supernet epochs); official 50 (CTrL) / 100
+    search_epochs: int = -1           # MdeNAS samples (= supernet epochs); -1: tied to the run (search.py
+                                      # `search_budget`); official 50 (CTrL) / 100
     search_lr_p: float = 0.01         # MdeNAS probability step (official lr_search)
     search_limit: int = 0             # cap on training samples used by the search (0: all)
     clip_grad: float = 10.0           # gradient-norm clipping in training (official 10; 0: off)
@@ -46,6 +68,30 @@ class Options:
     taps_penalty: str = "official"    # unit=taps: official (sum|s|/52) | size-weighted (see methods/taps/)
     taps_warmup_epochs: int = 0       # unit=taps: penalty off in the unit's first epochs
     score_units: bool = False         # units count in their expert's score S_e (default: owner + reusers only)
+    bn_recalibrate: bool = True       # new expert: BN statistics recomputed on its training set at the end
+                                      # (beyond the paper; official: off)
+    best_val: bool = False            # end each task with the state of its best-validation epoch (official: on)
+    early_stop_patience: int = 0      # new expert: stop after this many epochs without a validation gain
+                                      # (official 20; 0: off)
+    few_shot_wd_max: int = 0          # N_train <= this: weight decay x few_shot_wd_factor (official 25; 0: off)
+    few_shot_wd_factor: float = 10.0  # (official 10; not for head-only reuse, as the official reuse())
+    preset: str = "paper"             # paper (these defaults) | official (`OFFICIAL`); explicit options win
+
+    def __init__(self, **values: Any):
+        """Options from keyword arguments; those not given take the preset's value (`OFFICIAL` or the field's
+        default). The names given are kept in ``explicit``."""
+        names = {f.name for f in fields(self)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise TypeError(f"unknown PAR option {unknown[0]!r}")
+        preset = values.get("preset", "paper")
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+        base = OFFICIAL if preset == "official" else {}
+        for f in fields(self):
+            setattr(self, f.name, values[f.name] if f.name in values else base.get(f.name, f.default))
+        self.explicit = frozenset(values)
+        self.__post_init__()
 
     def __post_init__(self):
         if not 0 <= self.reuse_threshold <= self.cell_threshold:
@@ -66,7 +112,11 @@ class Options:
             raise ValueError("kd_temperature must be > 0, kd_weight >= 0 and kd_smoothing in [0, 1)")
         if min(self.channels, self.cells, self.steps, self.stem_multiplier) < 1 or self.channels % 2:
             raise ValueError("channels (even), cells, steps and stem_multiplier must be >= 1")
-        if min(self.search_epochs, self.search_limit, self.few_shot_max, self.extractor_image_size) < 0:
-            raise ValueError("search_epochs, search_limit, few_shot_max and extractor_image_size must be >= 0")
+        if self.search_epochs < -1:
+            raise ValueError("search_epochs must be >= 0, or -1 (tied to the run's budget)")
+        if min(self.search_limit, self.few_shot_max, self.extractor_image_size, self.early_stop_patience,
+               self.few_shot_wd_max) < 0 or self.few_shot_wd_factor < 0:
+            raise ValueError("search_limit, few_shot_max, extractor_image_size, early_stop_patience, "
+                             "few_shot_wd_max and few_shot_wd_factor must be >= 0")
         if self.head_only_ratio < 0 or self.few_shot_ratio < 0 or self.clip_grad < 0:
             raise ValueError("head_only_ratio, few_shot_ratio and clip_grad must be >= 0")

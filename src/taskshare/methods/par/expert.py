@@ -49,6 +49,44 @@ class Zero(nn.Module):
         return (x if self.stride == 1 else x[:, :, ::self.stride, ::self.stride]).mul(0.0)
 
 
+class MaxPool3(nn.Module):
+    """``nn.MaxPool2d(3, stride, 1)``, the same values, faster on CPU in contiguous format.
+
+    Without autograd (evaluation, relatedness, search accuracy) the 3x3 maximum is taken as two separable
+    maxima of shifted views (7x faster than PyTorch's NCHW kernel at 1 thread, exactly equal); with autograd
+    PyTorch's kernel runs (its backward is the faster one). perf/par_budget.py measures it.
+    """
+
+    def __init__(self, stride: int):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return F.max_pool2d(x, 3, self.stride, 1)
+        h, w = x.shape[-2:]
+        p = F.pad(x, (1, 1, 1, 1), value=float("-inf"))
+        r = torch.maximum(torch.maximum(p[..., :, 0:w], p[..., :, 1:w + 1]), p[..., :, 2:w + 2])
+        out = torch.maximum(torch.maximum(r[..., 0:h, :], r[..., 1:h + 1, :]), r[..., 2:h + 2, :])
+        return out[..., ::self.stride, ::self.stride] if self.stride > 1 else out
+
+
+class AvgPool3(nn.Module):
+    """``nn.AvgPool2d(3, stride, 1, count_include_pad=False)`` as a depthwise convolution with a ones kernel
+    divided by the window sizes: the same values up to float summation order, 4-5x faster on CPU in
+    contiguous format (forward and backward)."""
+
+    def __init__(self, stride: int):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        total = F.conv2d(x, x.new_ones(c, 1, 3, 3), stride=self.stride, padding=1, groups=c)
+        count = F.conv2d(x.new_ones(1, 1, *x.shape[-2:]), x.new_ones(1, 1, 3, 3), stride=self.stride, padding=1)
+        return total / count
+
+
 class ReLUConvBN(nn.Sequential):
     def __init__(self, cin: int, cout: int, kernel: int, stride: int, padding: int, affine: bool):
         super().__init__(nn.ReLU(inplace=False), nn.Conv2d(cin, cout, kernel, stride, padding, bias=False),
@@ -91,9 +129,9 @@ def make_op(name: str, c: int, stride: int, affine: bool) -> nn.Module:
     if name == "none":
         return Zero(stride)
     if name == "max_pool_3x3":
-        return nn.MaxPool2d(3, stride, 1)
+        return MaxPool3(stride)
     if name == "avg_pool_3x3":
-        return nn.AvgPool2d(3, stride, 1, count_include_pad=False)
+        return AvgPool3(stride)
     if name == "skip_connect":
         return nn.Identity() if stride == 1 else FactorizedReduce(c, c, affine)
     if name == "sep_conv_3x3":

@@ -5,8 +5,8 @@ The paper, its equations, the official code's departures and every choice are in
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-
 from typing import Any
 
 import torch
@@ -14,22 +14,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from taskshare.core import TaskTensors
+from taskshare.core.artifacts import content_sha256
 from taskshare.data.datasets import stratified_order
 from taskshare.errors import ConfigError, TaskshareError
 from taskshare.methods.base import Learner, make_optimizer, task_seed, train_mode
-from taskshare.methods.blocks.distillation import kd_loss
 from taskshare.methods.par.artifacts import load_artifact, save_artifact
 from taskshare.methods.par.config import Options
+from taskshare.methods.par.distill import distill_loss
 from taskshare.methods.par.expert import Expert, ExpertNet, Genotype, build_expert
 from taskshare.methods.par.relatedness import (Extractor, extract_features, make_extractor, prototypes,
                                                task_relatedness)
 from taskshare.methods.par.routing import expert_scores, route
-from taskshare.methods.par.search import search
+from taskshare.methods.par.search import search, search_budget
+from taskshare.methods.par.selection import Selection, few_shot_weight_decay, recalibrate_bn, val_accuracy
 from taskshare.methods.par.tensors import PARTensors
 from taskshare.methods.par.units import (LAYOUTS, UNIT_KINDS, convert, gate, is_taps_slot, kd_groups, layout_slots,
                                          leaf, unit_trainable)
 from taskshare.methods.blocks.gating import SCORE_INIT, active_layers, gated_layers, layer_sizes, penalty
-from taskshare.models import HEAD_SLOTS, head_logits, new_head
+from taskshare.models import HEAD_SLOTS, new_head
 
 class PAR(Learner):
     name = "par"
@@ -59,6 +61,8 @@ class PAR(Learner):
         self._scores: list[torch.Tensor] = []     # unit=taps: the current task's score tensors ...
         self._sizes = torch.zeros(0)              # ... and the gated layers' sizes (size-weighted penalty)
         self._kd_groups: list[tuple[str, list[str]]] = []
+        self._task = None                          # the current task (its validation split: `selection.py`)
+        self._sel: Selection | None = None         # best_val / early_stop_patience state of the current task
         self.tt = PARTensors(self)
 
     # ------------------------------------------------------------------------------------------ helpers
@@ -173,6 +177,7 @@ class PAR(Learner):
     # ------------------------------------------------------------------------------------------ tasks
     def begin_task(self, task, index: int) -> None:
         self._epoch_size = max(1, len(task.train))
+        self._task = task
         if task.name in self.task_expert:  # restored from a checkpoint in the middle of this task
             self._start(task.name)
             return
@@ -248,17 +253,18 @@ class PAR(Learner):
             record["genotype_from"] = self.experts[closest].owner
         else:
             x, y = task.train.to_tensors()
-            if o.search_limit and len(y) > o.search_limit:
-                keep = stratified_order(y, task_seed(self.cfg.seed, index, salt=14))[:o.search_limit]
+            epochs, limit = search_budget(o.search_epochs, o.search_limit, self.cfg.epochs, len(y))
+            if limit and len(y) > limit:
+                keep = stratified_order(y, task_seed(self.cfg.seed, index, salt=14))[:limit]
                 x, y = x[keep], y[keep]
-            result = search(x, y, task.num_classes, epochs=o.search_epochs,
+            result = search(x, y, task.num_classes, epochs=epochs,
                             seed=task_seed(self.cfg.seed, index, salt=13), channels=o.channels,
                             n_cells=o.cells, steps=o.steps, batch_size=self.cfg.batch_size, lr=self.cfg.lr,
                             momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay,
                             lr_p=o.search_lr_p, device=self.device, desc=f"PAR search, task {task.name}")
             genotype = result.genotype
             self.search_seconds[task.name] = round(result.seconds, 3)
-            record["search_acc"] = result.accuracies
+            record["search_acc"], record["search_epochs"], record["search_n"] = result.accuracies, epochs, len(y)
         in_channels = int(task.input_shape[0])
         net, tt = self._build(genotype, in_channels, task_seed(self.cfg.seed, index, salt=11))
         tt.add_task(task.name, self._head(net.feature_dim, task.num_classes, index))
@@ -279,6 +285,7 @@ class PAR(Learner):
         if self._mode == "unit":
             self._params = expert.tt.parameters(task)
             self.optimizer = self._unit_optimizer(expert, task)
+            self._select(expert)
             if d["unit"] == "taps":
                 ts = expert.tt.tensors(task)
                 self._scores = [ts[f"{n}.score"] for n in gated_layers(expert.net)]
@@ -290,7 +297,19 @@ class PAR(Learner):
             self._params = expert.tt.shared_parameters() + expert.tt.parameters(task)
         if self._mode == "transfer" and expert.layout != "expert":
             self._kd_groups = kd_groups(self.teacher.tt, [p for p in self.teacher.tasks if p != task])
-        self.optimizer = make_optimizer(self._params, self.cfg)
+        o = self.options
+        wd = few_shot_weight_decay(self.cfg.weight_decay, d["n_train"], self._mode, o.few_shot_wd_max,
+                                   o.few_shot_wd_factor)
+        self.optimizer = make_optimizer(self._params, dataclasses.replace(self.cfg, weight_decay=wd))
+        self._select(expert)
+
+    def _select(self, expert: Expert) -> None:
+        """best_val / early stopping (`selection.py`): start from the state before training (official)."""
+        o = self.options
+        self._sel = None
+        if (o.best_val or o.early_stop_patience) and self._task is not None and len(self._task.val):
+            self._sel = Selection(patience=o.early_stop_patience if self._mode is None else 0)
+            self._sel.keep(expert.tt.state())
 
     def _unit_optimizer(self, expert: Expert, task: str) -> torch.optim.Optimizer:
         """The unit's parameters; TAPS deltas and scores are never weight-decayed (as in `methods/taps/learner.py`)."""
@@ -327,12 +346,22 @@ class PAR(Learner):
         """Epoch `epoch` starts now (TAPS units' warm-up; the driver says so)."""
         self._seen = epoch * self._epoch_size
 
+    def end_epoch(self, epoch: int) -> None:
+        """best_val / early stopping: the current task's validation accuracy after epoch `epoch`."""
+        if self._sel is None or self._sel.stopped:
+            return
+        acc = val_accuracy(self.predict, self._task.val, self.current, self.cfg.eval_batch_size, self.device)
+        self._sel.end_epoch(epoch, acc, self.expert_of(self.current).tt.state())
+
     def unit_penalty(self) -> torch.Tensor:
         """unit=taps: lambda·R(s) of the current task's scores (`taskshare.methods.blocks.gating.penalty`)."""
         o = self.options
         return penalty(torch.stack(self._scores), self._sizes, o.taps_lambda, o.taps_penalty)
 
     def observe(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self._sel is not None and self._sel.stopped:  # early stopping: the driver's remaining batches
+            self._seen += len(y)
+            return torch.zeros(())
         expert = self.expert_of(self.current)
         mode = self._mode
         net = expert.net
@@ -359,53 +388,8 @@ class PAR(Learner):
         return loss.detach()
 
     def distill_loss(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """Sum over the reused expert's earlier tasks of KD(head_p(student), head_p(teacher))."""
-        teacher, student = self.teacher, self.expert_of(self.current)
-        if student.layout != "expert":
-            return self._distill_per_task(x)
-        o = self.options
-        old = [p for p in teacher.tasks if p != self.current]
-        loss = features.new_zeros((), dtype=torch.float32)
-        shared_features = None
-        with torch.no_grad():
-            train_mode(teacher.net, False)
-            if o.bn != "task":  # one set of statistics: one teacher pass
-                shared_features = teacher.net.features(x)
-        for p in old:
-            if shared_features is None:
-                with torch.no_grad(), teacher.tt.use(p):
-                    t_features = teacher.net.features(x)
-            else:
-                t_features = shared_features
-            head = {k: v.detach() for k, v in student.tt.tensors(p).items() if k in HEAD_SLOTS}
-            t_logits = head_logits(t_features, teacher.tt.tensors(p)).float()
-            loss = loss + kd_loss(head_logits(features, head).float(), t_logits, o.kd_temperature, o.kd_smoothing)
-        return loss
-
-    def _distill_per_task(self, x: torch.Tensor) -> torch.Tensor:
-        """KD on an expert carrying units: each earlier task p's features come from its own tensors (BN,
-        unit), in the student and in the teacher, both in eval mode (p's statistics are never updated), so
-        the KD target is exactly what p is evaluated with. Tasks with equal tensors share one pass."""
-        teacher, student = self.teacher, self.expert_of(self.current)
-        o = self.options
-        loss = x.new_zeros((), dtype=torch.float32)
-        training = student.net.training
-        train_mode(teacher.net, False)
-        train_mode(student.net, False)
-        try:
-            for rep, members in self._kd_groups:
-                with torch.no_grad(), teacher.tt.use(rep):
-                    t_features = teacher.net.features(x)
-                with student.tt.use(rep):  # p's tensors are frozen: the gradient reaches the expert's weights
-                    features = student.net.features(x)
-                for p in members:
-                    head = {k: v.detach() for k, v in student.tt.tensors(p).items() if k in HEAD_SLOTS}
-                    t_logits = head_logits(t_features, teacher.tt.tensors(p)).float()
-                    loss = loss + kd_loss(head_logits(features, head).float(), t_logits, o.kd_temperature,
-                                          o.kd_smoothing)
-        finally:
-            train_mode(student.net, training)
-        return loss
+        """Sum over the reused expert's earlier tasks of KD(head_p(student), head_p(teacher)) (`distill.py`)."""
+        return distill_loss(self, x, features)
 
     def end_task(self, task) -> None:
         expert = self.expert_of(task.name)
@@ -415,6 +399,14 @@ class PAR(Learner):
                 p.requires_grad_(False)
             for p in expert.tt.shared_parameters():
                 p.requires_grad_(True)
+        if self._sel is not None:
+            if self.options.best_val and self.current == task.name:
+                expert.tt.load_state(self._sel.state)  # in place: every tensor back to the best epoch's value
+            d.update(self._sel.summary())
+            self._sel = None
+        if self._mode is None and self.options.bn_recalibrate and self.current == task.name:
+            with expert.tt.use(task.name):
+                recalibrate_bn(expert.net, expert.net.features, task.train, self.cfg.eval_batch_size, self.device)
         added = self.tt.count(task.name)
         d["added_params"], d["added_buffers"] = added["params"], added["buffers"]
         if d.get("unit") == "taps":
@@ -437,6 +429,11 @@ class PAR(Learner):
         train_mode(expert.net, False)
         with expert.tt.use(task), self.autocast():
             return expert.net(x).float()
+
+    def prediction_key(self, task: str) -> str:
+        """What `predict` reads: the task's expert (its shared tensors) and the task's slots on it."""
+        tt = self.expert_of(task).tt
+        return tt.fingerprint() + content_sha256(tt.tensors(task))
 
     def count(self, task: str) -> dict[str, int]:
         """Parameters and buffers `task` added (the runner reads the same through ``tt.count``)."""
@@ -467,7 +464,8 @@ class PAR(Learner):
                 "teacher": None if self.teacher is None else self.teacher.state(),
                 "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
                 "extractor_name": self.extractor_name, "seen": self._seen,
-                "search_seconds": dict(self.search_seconds)}
+                "search_seconds": dict(self.search_seconds),
+                "selection": None if self._sel is None else self._sel.to_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         old = self.experts
@@ -489,6 +487,8 @@ class PAR(Learner):
             self.teacher.net.requires_grad_(False).eval()
         if state["optimizer"] is not None and self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("selection") is not None:
+            self._sel = Selection.from_state(state["selection"])
 
     # --------------------------------------------------------------------------------------- artifacts
     save_artifact = save_artifact  # (par, task, path) -> bytes: see par/artifacts.py

@@ -24,6 +24,16 @@ Search") as PAR's official code runs it (WenjinW/PAR@5539e08, ``src/automl/mdena
   probability, each with its arg-max non-'none' op. Ties are broken towards the lower op / edge index, so
   the result is deterministic; 'none' is never chosen. The final expert is then trained from scratch.
 
+**How much the official update learns.** The softmax of probabilities contracts every deviation from
+uniform about 6-fold per epoch (p_i = 1/6 + e_i gives softmax(p)_i ~ 1/6 + e_i/6), so p holds little more
+than the last epoch's step (at most lr_p·5/6 ~ 0.008 above 1/6), and an op stops gaining once it is the
+most sampled on its edge. Measured with the supernet's training replaced by a held-out accuracy that
+depends only on the sampled ops (tests/test_par_search_learns.py): the better op is preferred clearly
+but not reliably: on one cell of one node (2 edges), 10 samples, 20 seeds, the target was picked on
+25-27 of 40 edges (chance 8) and p rose 0.002-0.004 above 1/6; on 2 cells of 4 nodes after 30 samples,
+on 4-7 of 16 edges per search (chance about 3). On real data the signal is weaker still (a shared accuracy per sample, supernet weights that train
+as the search goes). This is the official code's behaviour and is kept.
+
 **Small budgets.** p moves only once some op on an edge has been sampled more often than another with a
 lower accuracy, i.e. from the 2nd epoch on, and the softmax-of-probabilities keeps it close to uniform.
 With very few epochs the genotype is therefore decided by ties (the first non-'none' op, max_pool_3x3, on
@@ -48,6 +58,8 @@ from taskshare.methods.par.expert import (CELL_TYPES, PRIMITIVES, FactorizedRedu
 
 LR_MIN = 1e-5
 SEARCH_CLIP = 5.0
+MIN_AUTO_EPOCHS = 10     # search_epochs=-1: at least this many samples (p first moves at the 3rd)
+MIN_AUTO_SAMPLES = 128   # ... on at least this many training samples (or all of them)
 
 
 def n_edges(steps: int) -> int:
@@ -114,19 +126,43 @@ class SuperNet(nn.Module):
         return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))
 
 
-# ------------------------------------------------------------------------------------------ MdeNAS rules
-def update(p: torch.Tensor, counts: torch.Tensor, accs: torch.Tensor, lr: float = 0.01) -> torch.Tensor:
-    """The MdeNAS update for every edge at once: p, counts, accs of shape (edges, ops) -> new p.
+# ----------------------------------------------------------------------------------------------- budget
+def search_budget(search_epochs: int, search_limit: int, run_epochs: int, n: int) -> tuple[int, int]:
+    """(search epochs, cap on the search's training samples; 0: all) for a task of `n` training samples.
 
-    An op gains lr for every other op it beats with fewer samples and loses lr for every op that beats it
-    with fewer samples; then each row goes through a softmax.
+    An explicit ``search_epochs`` >= 0 is used as given (with ``search_limit``). ``-1`` ties the search to
+    the run's budget: as many MdeNAS samples as the run has epochs (the official ratio: ``sample_epochs`` =
+    ``epochs`` = 100 in the CIFAR scripts), at least `MIN_AUTO_EPOCHS`, on at most ``run_epochs * n /
+    epochs`` samples (at least `MIN_AUTO_SAMPLES`), so that the whole search passes over about as many
+    samples as the task's training (one half trained on, one half evaluated, on the narrower supernet;
+    measured on domain-stream at 1 epoch: 8-16 s per search against 15-20 s of training per task). A run of 1 epoch on 2000 samples searches 10 samples on 200; a
+    run of >= 10 epochs searches one sample per epoch on the whole training set. An explicit
+    ``search_limit`` > 0 caps further.
     """
+    if search_epochs >= 0:
+        return search_epochs, search_limit
+    epochs = max(run_epochs, MIN_AUTO_EPOCHS)
+    limit = max(run_epochs * n // epochs, MIN_AUTO_SAMPLES)
+    if search_limit:
+        limit = min(limit, search_limit)
+    return epochs, (0 if limit >= n else limit)
+
+
+# ------------------------------------------------------------------------------------------ MdeNAS rules
+def delta(counts: torch.Tensor, accs: torch.Tensor) -> torch.Tensor:
+    """MdeNAS's step direction per edge and op (shape (edges, ops)): +1 for every other op an op beats with
+    fewer samples, -1 for every op that beats it with fewer samples."""
     fewer = counts.unsqueeze(2) < counts.unsqueeze(1)   # [k, o, o']: count[o] < count[o']
     more = counts.unsqueeze(2) > counts.unsqueeze(1)
     better = accs.unsqueeze(2) > accs.unsqueeze(1)      # acc[o] > acc[o']
     worse = accs.unsqueeze(2) < accs.unsqueeze(1)
-    delta = (fewer & better).sum(2) - (more & worse).sum(2)
-    return F.softmax(p + lr * delta.to(p.dtype), dim=1)
+    return (fewer & better).sum(2) - (more & worse).sum(2)
+
+
+def update(p: torch.Tensor, counts: torch.Tensor, accs: torch.Tensor, lr: float = 0.01) -> torch.Tensor:
+    """The official MdeNAS update for every edge at once: p, counts, accs of shape (edges, ops) -> new p:
+    p + lr·`delta`, then each row goes through a softmax (of probabilities: see the module docstring)."""
+    return F.softmax(p + lr * delta(counts, accs).to(p.dtype), dim=1)
 
 
 def derive_genotype(p: dict[str, torch.Tensor], steps: int) -> Genotype:
@@ -164,7 +200,7 @@ class SearchResult:
     p: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def _epoch(net, x, y, batch_size, gen, ops, opt, device) -> None:
+def _epoch(net, x, y, batch_size, gen, ops, opt, device, bar) -> None:
     net.train()
     order = torch.randperm(len(y), generator=gen)
     for start in range(0, len(y), batch_size):
@@ -175,6 +211,7 @@ def _epoch(net, x, y, batch_size, gen, ops, opt, device) -> None:
         loss.backward()
         nn.utils.clip_grad_norm_([q for q in net.parameters() if q.grad is not None], SEARCH_CLIP)
         opt.step()
+        bar.update(1)
 
 
 @torch.no_grad()
@@ -194,7 +231,8 @@ def search(x: torch.Tensor, y: torch.Tensor, num_classes: int, *, epochs: int, s
     """MdeNAS search on the (already transformed) training set `x`, `y`; returns the derived genotype.
 
     ``epochs`` = 0 returns the genotype of the uniform distribution without training (no search). A progress
-    bar (`desc`, one step per sampled architecture) shows the held-out accuracy unless progress is quiet.
+    bar (`desc`, one step per supernet training batch) shows the sample (epoch) and the last held-out
+    accuracy; one line (`progress.say`) sums the search up. Both are silent when progress is quiet.
     """
     start_time = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
@@ -214,11 +252,11 @@ def search(x: torch.Tensor, y: torch.Tensor, num_classes: int, *, epochs: int, s
         counts = {k: torch.zeros_like(p[k], dtype=torch.long) for k in CELL_TYPES}
         accs = {k: torch.zeros_like(p[k]) for k in CELL_TYPES}
         rows = torch.arange(n_edges(steps))
-        with progress.bar(epochs, desc, unit="sample") as bar:
-            for _ in range(epochs):
+        with progress.bar(epochs * -(-cut // batch_size), desc) as bar:
+            for epoch in range(epochs):
                 picked = {k: torch.multinomial(p[k], 1, generator=gen).flatten() for k in CELL_TYPES}
                 ops = {k: v.tolist() for k, v in picked.items()}
-                _epoch(net, x_tr, y_tr, batch_size, gen, ops, opt, device)
+                _epoch(net, x_tr, y_tr, batch_size, gen, ops, opt, device, bar)
                 a = _accuracy(net, x_va, y_va, max(batch_size, 256), ops, device)
                 accs_seen.append(a)
                 for k in CELL_TYPES:
@@ -226,6 +264,9 @@ def search(x: torch.Tensor, y: torch.Tensor, num_classes: int, *, epochs: int, s
                     accs[k][rows, picked[k]] = a
                     p[k] = update(p[k], counts[k], accs[k], lr_p)
                 sched.step()
-                bar.update(1)
-                bar.set_postfix_str(f"held-out acc {a:.3f}")
-    return SearchResult(derive_genotype(p, steps), time.perf_counter() - start_time, len(accs_seen), accs_seen, p)
+                bar.set_postfix_str(f"sample {epoch + 1}/{epochs}, held-out acc {a:.3f}")
+    seconds = time.perf_counter() - start_time
+    if accs_seen:
+        progress.say(f"{desc}: {len(accs_seen)} samples on {cut}+{n - cut} images in {seconds:.1f} s, "
+                     f"held-out acc {min(accs_seen):.3f}-{max(accs_seen):.3f}")
+    return SearchResult(derive_genotype(p, steps), seconds, len(accs_seen), accs_seen, p)
