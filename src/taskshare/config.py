@@ -29,7 +29,7 @@ class RunConfig:
     optimizer: str = "sgd"            # sgd | adam
     momentum: float = 0.9             # SGD only
     weight_decay: float = 0.0
-    model: str = "auto"               # auto | mlp | cnn | resnet18 | lenet | mobilenetv2 | mobilenetv2-random | minilm
+    model: str = "auto"               # auto | mlp | cnn | resnet18 | lenet | par-cell | mobilenetv2 | mobilenetv2-random | minilm
                                       # (models.build_backbone; multi-output sets: auto | mlp | cnn | resnet18 | lenet)
     limit: int | None = None          # cap on training samples per task (quick runs)
     precision: str = "fp32"           # fp32 | bf16 (CPU autocast)

@@ -10,6 +10,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from taskshare.models.cells import CellBackbone
+
 
 class MLP(nn.Sequential):
     """Flatten, then Linear-ReLU blocks named fc1, relu1, fc2, ... The classic continual-learning MLP
@@ -102,5 +104,6 @@ BACKBONES = {
     "mlp": (MLP, "784-400-400 MLP (inputs flattened); the default for MNIST-sized streams"),
     "cnn": (SmallCNN, "4-layer conv net with BatchNorm, 128-d features"),
     "resnet18": (ResNet18, "reduced CIFAR-style ResNet-18 (nf=20, 1.09M parameters)"),
+    "par-cell": (CellBackbone, "PAR's default cell expert (C=16, 4 cells) with a fixed genotype: baselines on PAR's architecture"),
     "lenet": (LeNet, "Sener & Koltun's MultiMNIST LeNet (2 conv5 + pool, 50-d features, no BatchNorm)"),
 }
