@@ -221,3 +221,24 @@ def test_list_options_prints_defaults_types_and_meanings(capsys):
     assert main(["list", "--options", "adatask"]) == 0
     assert re.search(r"variant\s+str\s+default 'adam'\s+the AdaTask optimizer", capsys.readouterr().out)
     assert main(["list", "--options", "nope"]) == 2
+
+
+def test_grid_chooses_each_methods_setting_on_validation_and_records_it(tmp_path, capsys):
+    out = tmp_path / "g"
+    argv = ["run", "digits-tiny", "-m", "finetune,ewc", "--epochs", "1", "--limit", "40", "--quiet",
+            "--set", "benchmark.n_tasks=2", "--grid", "lr=0.1,0.001", "--grid", "ewc.lambda=1,100"]
+    assert main([*argv, "--out", str(out)]) == 0
+    ewc = json.loads((out / "ewc" / "results.json").read_text())
+    sel = ewc["selection"]
+    assert sel["grid"] == {"lr": ["0.1", "0.001"], "ewc.lambda": ["1", "100"]} and len(sel["scores"]) == 4
+    best = max(sel["scores"], key=lambda s: s["val_avg"])
+    assert sel["chosen"] == best["setting"] and ewc["val_avg"] == best["val_avg"]   # chosen on validation
+    assert ewc["config"]["lr"] == float(sel["chosen"]["lr"])
+    assert ewc["config"]["methods"]["ewc"]["lambda"] == float(sel["chosen"]["ewc.lambda"])
+    fin = json.loads((out / "finetune" / "results.json").read_text())["selection"]
+    assert fin["grid"] == {"lr": ["0.1", "0.001"]} and len(fin["scores"]) == 2   # ewc.lambda is not its key
+    assert main(["run", "--config", str(out / "config.yaml"), "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    again = json.loads((tmp_path / "again" / "ewc" / "results.json").read_text())
+    assert again["selection"]["chosen"] == sel["chosen"] and again["acc_matrix"] == ewc["acc_matrix"]
+    assert main([*argv[:-2], "--grid", "lr", "--out", str(tmp_path / "bad")]) == 2
+    assert "--grid 'lr': give KEY=V1,V2" in capsys.readouterr().err

@@ -18,7 +18,7 @@ def cfg_from(raw):
 def test_set_values_are_typed_and_sections_validated():
     cfg = cfg_from(parse_set(["epochs=3", "lr=1e-3", "limit=null", "ewc.lambda=50", "benchmark.n_tasks=2"]))
     assert cfg.epochs == 3 and cfg.lr == 0.001 and cfg.limit is None
-    assert cfg.methods["ewc"] == {"lambda": "50"} and cfg.benchmark == {"n_tasks": "2"}
+    assert cfg.methods["ewc"] == {"lambda": 50.0} and cfg.benchmark == {"n_tasks": "2"}  # typed (benchmark: at build)
 
 
 @pytest.mark.parametrize("items, message", [

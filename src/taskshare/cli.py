@@ -76,6 +76,9 @@ def _run_parser(sub) -> None:
     r.add_argument("--config", help="YAML or TOML file of settings")
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set lr=0.05 --set ewc.lambda=100 --set benchmark.n_tasks=5")
+    r.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="choose KEY per method on validation (mean over seeds), e.g. --grid lr=0.1,0.01 "
+                        "--grid ewc.lambda=10,100; the choice is recorded in results.json")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-task lines")
     r.add_argument("--device", choices=("cpu", "cuda"))
@@ -122,8 +125,11 @@ def _read_run_section(args) -> None:
 
     raw = load_file(args.config) if args.config else {}
     run = raw.pop("run", {}) or {}
-    if not isinstance(run, dict) or set(run) - {"benchmark", "method", "seed"}:
-        raise TaskshareError("the config's run section takes benchmark, method and seed (as config.yaml writes)")
+    if not isinstance(run, dict) or set(run) - {"benchmark", "method", "seed", "grid"}:
+        raise TaskshareError("the config's run section takes benchmark, method, seed and grid (as config.yaml "
+                             "writes)")
+    if not args.grid and run.get("grid"):
+        args.grid = [f"{k}={','.join(map(str, v))}" for k, v in dict(run["grid"]).items()]
     args.file_config = raw
     args.benchmark = args.benchmark or run.get("benchmark")
     if args.method is None and run.get("method"):
@@ -160,6 +166,9 @@ def cmd_run(args) -> int:
     _read_run_section(args)
     benchmark = args.benchmark or DEFAULT_BENCHMARK
     if benchmark in MULTITASK_BENCHMARKS:
+        if args.grid:
+            raise TaskshareError("--grid chooses on validation accuracy and runs on task streams; for a "
+                                 "multi-output benchmark run each setting and compare val_delta_m in results.json")
         return _run_multitask(args, benchmark)
     methods = _methods(args.method, DEFAULT_METHODS, METHODS, "")
     cfg = _config(args)
@@ -169,15 +178,38 @@ def cmd_run(args) -> int:
     if cfg.device == "cuda" and di.enabled:  # one GPU per process on a multi-GPU machine
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", di.rank)) % torch.cuda.device_count())
     out = _claim_out(args, benchmark, di.is_main)
-    results = []
-    for seed in args.seed_list:
-        seed_out = _seed_out(out, seed, args.seed_list, di.is_main)
-        results += _run_lifelong(args, benchmark, methods, dataclasses.replace(cfg, seed=seed), seed_out, di)
+    if args.grid:
+        results = _run_grid(args, benchmark, methods, out, di)
+    else:
+        results = []
+        for seed in args.seed_list:
+            seed_out = _seed_out(out, seed, args.seed_list, di.is_main)
+            results += _run_lifelong(args, benchmark, methods, dataclasses.replace(cfg, seed=seed), seed_out, di)
     if di.is_main:  # config.yaml once the run is done: a refused or failed run changes nothing
-        _write_config(out, cfg, benchmark, methods, args.seed_list, multi_output=False)
+        _write_config(out, cfg, benchmark, methods, args.seed_list, multi_output=False, grid=args.grid)
         _finish(args, out, results, [_seed_out(out, s, args.seed_list, False) / m for s in args.seed_list
                                      for m in methods])
     return 0
+
+
+def _run_grid(args, benchmark: str, methods: list[str], out: Path, di) -> list[dict]:
+    """--grid: every method's settings chosen on validation (`engine.grid`)."""
+    import argparse
+    import dataclasses
+
+    from taskshare.engine.grid import parse_grid, select_on_validation
+
+    grid = parse_grid(args.grid)
+
+    def run_one(method, setting, seed, where):
+        trial = argparse.Namespace(**{**vars(args), "sets": [*args.sets, *(f"{k}={v}" for k, v in setting.items())]})
+        cfg = dataclasses.replace(_config(trial), seed=seed)
+        if di.is_main:
+            where.mkdir(parents=True, exist_ok=True)
+        return _run_lifelong(trial, benchmark, [method], cfg, where, di)[0]
+
+    return select_on_validation(run_one, methods, grid, args.seed_list, out,
+                                lambda seed: _seed_out(out, seed, args.seed_list, di.is_main))
 
 
 def _seed_out(out: Path, seed: int, seeds: list[int], create: bool) -> Path:
@@ -190,10 +222,15 @@ def _seed_out(out: Path, seed: int, seeds: list[int], create: bool) -> Path:
     return path
 
 
-def _write_config(out: Path, cfg, benchmark: str, methods: list[str], seeds: list[int], multi_output: bool):
+def _write_config(out: Path, cfg, benchmark: str, methods: list[str], seeds: list[int], multi_output: bool,
+                  grid: list[str] = ()):
+    from taskshare.engine.grid import parse_grid
     from taskshare.engine.record import effective_config, write_config
 
-    write_config(out / "config.yaml", effective_config(cfg, benchmark, methods, seeds, multi_output))
+    config = effective_config(cfg, benchmark, methods, seeds, multi_output)
+    if grid:
+        config["run"]["grid"] = parse_grid(list(grid))
+    write_config(out / "config.yaml", config)
 
 
 def _run_lifelong(args, benchmark: str, methods: list[str], cfg, out: Path, di) -> list[dict]:

@@ -268,6 +268,11 @@ def check_ranges(top: dict[str, Any]) -> None:
         _need(top["checkpoint_minutes"] > 0, f"checkpoint_minutes must be positive, got {top['checkpoint_minutes']}")
 
 
+def _plain_value(v: Any) -> Any:
+    """A typed option value as JSON/YAML keep it (tuples as lists)."""
+    return [_plain_value(x) for x in v] if isinstance(v, (tuple, list)) else v
+
+
 def build_config(raw: dict[str, Any], method_options: dict[str, type]) -> RunConfig:
     """Validate a raw nested dict into a RunConfig; `method_options` maps method name -> Options class."""
     top: dict[str, Any] = {}
@@ -291,7 +296,9 @@ def build_config(raw: dict[str, Any], method_options: dict[str, type]) -> RunCon
             raise ConfigError(f"{key}={top[key]!r} is not valid: choose one of {', '.join(choices)}")
     check_ranges(top)
     cfg = RunConfig(**top)
-    for name, values in sections.items():
-        check_options(method_options[name], values, name)  # validate now, build again per run
+    for name, values in sections.items():  # validate now (build again per run); keep the given keys, typed
+        opts = check_options(method_options[name], values, name)
+        names = {f.name.rstrip("_"): f.name for f in dataclasses.fields(opts)}
+        sections[name] = {k: _plain_value(getattr(opts, names[k])) for k in values}
     cfg.methods = sections
     return cfg

@@ -44,8 +44,9 @@ def effective_config(cfg: RunConfig, benchmark: str, methods: list[str], seeds: 
         from taskshare.data.multioutput import benchmark_options
         bench = dataclasses.asdict(benchmark_options(benchmark, cfg.benchmark))
     else:
+        from taskshare.config import check_option_dict
         from taskshare.data.benchmarks import benchmark_defaults
-        bench = {**benchmark_defaults(benchmark), **cfg.benchmark}
+        bench = check_option_dict(benchmark_defaults(benchmark), dict(cfg.benchmark), "benchmark")
     top = {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
            if f.name not in ("methods", "benchmark", "seed")}
     out: dict[str, Any] = {"run": {"benchmark": benchmark, "method": list(methods), "seed": list(seeds)}}

@@ -1,0 +1,83 @@
+"""Settings chosen on validation: `taskshare run ... --grid lr=0.1,0.01 --grid ewc.lambda=10,100`.
+
+For each method, every combination of the grid keys that apply to it (top-level keys such as ``lr`` apply to
+all methods, ``ewc.lambda`` only to ``ewc``) is run for every seed into ``OUT/grid/<method>/<setting>/``.
+The combination with the best mean validation score over the seeds (``val_avg``: final validation accuracy
+averaged over tasks; never the test split) is chosen, ties to the first in grid order, and its runs are copied
+to where a plain run would write them (``OUT/<method>`` or ``OUT/seed-S/<method>``). Their results.json gain
+``selection``: the grid, every combination's mean validation score, and the choice.
+"""
+from __future__ import annotations
+
+import itertools
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from taskshare.core.paths import safe_name
+from taskshare.core.serialize import atomic_write_json, read_json
+from taskshare.errors import ConfigError
+
+__all__ = ["parse_grid", "select_on_validation"]
+
+SCORE = "val_avg"
+
+
+def parse_grid(items: list[str]) -> dict[str, list[str]]:
+    """['lr=0.1,0.01', 'ewc.lambda=10,100'] -> {'lr': ['0.1', '0.01'], 'ewc.lambda': ['10', '100']}."""
+    grid: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        vals = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not key.strip() or not vals:
+            raise ConfigError(f"--grid {item!r}: give KEY=V1,V2,... e.g. --grid lr=0.1,0.01,0.001")
+        if key.strip() in grid:
+            raise ConfigError(f"--grid {key.strip()} is given twice: put all its values in one --grid")
+        grid[key.strip()] = list(dict.fromkeys(vals))
+    return grid
+
+
+def _applies(key: str, method: str) -> bool:
+    section, dot, _ = key.partition(".")
+    return not dot or section in (method, "benchmark")
+
+
+def combinations(grid: dict[str, list[str]], method: str) -> list[dict[str, str]]:
+    keys = [k for k in grid if _applies(k, method)]
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def _label(setting: dict[str, str]) -> str:
+    return safe_name(",".join(f"{k}={v}" for k, v in setting.items()) or "defaults")
+
+
+def select_on_validation(run: Callable[[str, dict[str, str], int, Path], dict[str, Any]], methods: list[str],
+                         grid: dict[str, list[str]], seeds: list[int], out: Path,
+                         final_dir: Callable[[int], Path]) -> list[dict[str, Any]]:
+    """The chosen results per method and seed (see module docstring); `run(method, setting, seed, dir)` trains
+    one method with the extra settings and returns its results (written to dir/<method>)."""
+    chosen_results = []
+    for method in methods:
+        scores = []
+        for setting in combinations(grid, method):
+            where = out / "grid" / safe_name(method) / _label(setting)
+            res = {seed: run(method, setting, seed, where / f"seed-{seed}") for seed in seeds}
+            vals = [r[SCORE] for r in res.values() if isinstance(r.get(SCORE), (int, float))]
+            mean = sum(vals) / len(vals) if len(vals) == len(seeds) else float("-inf")
+            scores.append({"setting": setting, SCORE: mean, "where": str(where.relative_to(out))})
+        best = max(range(len(scores)), key=lambda i: (scores[i][SCORE], -i))
+        selection = {"on": f"{SCORE} (validation, mean over seeds {seeds})", "grid":
+                     {k: v for k, v in grid.items() if _applies(k, method)}, "scores": scores,
+                     "chosen": scores[best]["setting"]}
+        for seed in seeds:
+            src = out / scores[best]["where"] / f"seed-{seed}" / method
+            dst = final_dir(seed) / method
+            if dst.exists():
+                shutil.rmtree(dst)
+            shutil.copytree(src, dst)
+            results = read_json(dst / "results.json", "results")
+            results["selection"] = selection
+            atomic_write_json(dst / "results.json", results)
+            chosen_results.append(results)
+    return chosen_results
