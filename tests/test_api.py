@@ -242,3 +242,22 @@ def test_grid_chooses_each_methods_setting_on_validation_and_records_it(tmp_path
     assert again["selection"]["chosen"] == sel["chosen"] and again["acc_matrix"] == ewc["acc_matrix"]
     assert main([*argv[:-2], "--grid", "lr", "--out", str(tmp_path / "bad")]) == 2
     assert "--grid 'lr': give KEY=V1,V2" in capsys.readouterr().err
+
+
+def test_a_diverging_grid_setting_loses_instead_of_stopping_the_grid(tmp_path):
+    from taskshare.engine.grid import select_on_validation
+    from taskshare.errors import TrainingError
+
+    def run(method, setting, seed, where):   # lr=1 diverges; otherwise val_avg = 1 - lr, written like a run
+        if setting["lr"] == "1":
+            raise TrainingError("non-finite loss (nan) in m: lower the learning rate")
+        d = where / method
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps({"val_avg": 1 - float(setting["lr"]), "seed": seed}))
+        return json.loads((d / "results.json").read_text())
+
+    res = select_on_validation(run, ["m"], {"lr": ["1", "0.5", "0.1"]}, [0, 1], tmp_path, lambda s: tmp_path / f"s{s}")
+    sel = res[0]["selection"]
+    assert [e["val_avg"] for e in sel["scores"]] == [None, 0.5, 0.9] and "non-finite" in sel["scores"][0]["error"]
+    assert sel["chosen"] == {"lr": "0.1"} and [r["seed"] for r in res] == [0, 1]
+    assert json.loads((tmp_path / "s1" / "m" / "results.json").read_text())["selection"] == sel

@@ -113,3 +113,25 @@ def test_bf16_autocast_trains_and_reports_float_accuracies(stream, cfg, tmp_path
     cfg.precision = "bf16"
     res = run_method(stream, "lwf", cfg, tmp_path)
     assert res["config"]["precision"] == "bf16" and res["avg_acc"] > 0.6
+
+
+def test_peak_memory_is_per_run_not_per_process():
+    """results.json's peak_rss_mb is sampled during one method's run: a later method does not inherit an
+    earlier method's peak (ru_maxrss would)."""
+    import sys
+    import time
+
+    import torch
+
+    from taskshare.engine.run import RSSSampler
+    if not sys.platform.startswith("linux"):
+        pytest.skip("/proc/self/statm is Linux only")
+    first = RSSSampler(interval=0.01).start()
+    big = torch.ones(40_000_000)  # 160 MB
+    time.sleep(0.1)
+    del big
+    p1 = first.stop()
+    second = RSSSampler(interval=0.01).start()
+    time.sleep(0.05)
+    p2 = second.stop()
+    assert p1 - p2 > 100

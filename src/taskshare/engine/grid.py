@@ -3,7 +3,8 @@
 For each method, every combination of the grid keys that apply to it (top-level keys such as ``lr`` apply to
 all methods, ``ewc.lambda`` only to ``ewc``) is run for every seed into ``OUT/grid/<method>/<setting>/``.
 The combination with the best mean validation score over the seeds (``val_avg``: final validation accuracy
-averaged over tasks; never the test split) is chosen, ties to the first in grid order, and its runs are copied
+averaged over tasks; never the test split) is chosen, ties to the first in grid order (a setting whose
+training diverges is recorded with its error and loses), and its runs are copied
 to where a plain run would write them (``OUT/<method>`` or ``OUT/seed-S/<method>``). Their results.json gain
 ``selection``: the grid, every combination's mean validation score, and the choice.
 """
@@ -17,7 +18,7 @@ from typing import Any
 
 from taskshare.core.paths import safe_name
 from taskshare.core.serialize import atomic_write_json, read_json
-from taskshare.errors import ConfigError
+from taskshare.errors import ConfigError, TrainingError
 
 __all__ = ["parse_grid", "select_on_validation"]
 
@@ -62,11 +63,18 @@ def select_on_validation(run: Callable[[str, dict[str, str], int, Path], dict[st
         scores = []
         for setting in combinations(grid, method):
             where = out / "grid" / safe_name(method) / _label(setting)
-            res = {seed: run(method, setting, seed, where / f"seed-{seed}") for seed in seeds}
-            vals = [r[SCORE] for r in res.values() if isinstance(r.get(SCORE), (int, float))]
-            mean = sum(vals) / len(vals) if len(vals) == len(seeds) else float("-inf")
-            scores.append({"setting": setting, SCORE: mean, "where": str(where.relative_to(out))})
-        best = max(range(len(scores)), key=lambda i: (scores[i][SCORE], -i))
+            entry: dict[str, Any] = {"setting": setting, SCORE: None, "where": str(where.relative_to(out))}
+            try:
+                res = [run(method, setting, seed, where / f"seed-{seed}") for seed in seeds]
+                vals = [r[SCORE] for r in res if isinstance(r.get(SCORE), (int, float))]
+                entry[SCORE] = sum(vals) / len(vals) if len(vals) == len(seeds) else None
+            except TrainingError as e:   # a diverging setting is a losing candidate, not the end of the grid
+                entry["error"] = str(e)
+            scores.append(entry)
+        ok = [i for i, e in enumerate(scores) if e[SCORE] is not None]
+        if not ok:
+            raise TrainingError(f"{method}: every --grid setting failed ({scores[0].get('error', '')}); widen the grid")
+        best = max(ok, key=lambda i: (scores[i][SCORE], -i))
         selection = {"on": f"{SCORE} (validation, mean over seeds {seeds})", "grid":
                      {k: v for k, v in grid.items() if _applies(k, method)}, "scores": scores,
                      "chosen": scores[best]["setting"]}

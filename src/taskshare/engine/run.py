@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import resource
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -63,7 +64,45 @@ def versions() -> dict[str, str]:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """The process's peak resident memory so far (MB; Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class RSSSampler:
+    """The peak resident memory of one method's run, not of the process so far: a daemon thread reads
+    /proc/self/statm every `interval` s between `start` and `stop` (elsewhere: the process peak)."""
+
+    def __init__(self, interval: float = 0.05):
+        self.interval, self.peak, self._stop = interval, 0.0, threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        self._thread: threading.Thread | None = None
+
+    def _now(self) -> float | None:
+        try:
+            with open("/proc/self/statm", "rb") as f:
+                return int(f.read().split()[1]) * self._page / 2**20
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self._now() or 0.0)
+
+    def start(self) -> RSSSampler:
+        if self._now() is not None:
+            self.peak = self._now()
+            self._thread = threading.Thread(target=self._loop, daemon=True, name="taskshare-rss")
+            self._thread.start()
+        return self
+
+    def stop(self) -> float:
+        """The peak in MB since `start` (the process peak where /proc is not available)."""
+        if self._thread is None:
+            return peak_rss_mb()
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._now() or 0.0)
+        return self.peak
 
 
 def state_bytes(tensors) -> int:
@@ -98,6 +137,7 @@ class Run:
     _last_checkpoint: float = field(default_factory=time.monotonic)
     _logged: int = 0           # epochs logged by this process (the TensorBoard step)
     _tb: Any = None            # the TensorBoard writer, when the package is installed
+    _rss: RSSSampler = field(default_factory=lambda: RSSSampler().start())  # this method's peak memory
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
@@ -191,7 +231,7 @@ class Run:
 
     # -------------------------------------------------------------------------------------------- results
     def run_fields(self) -> dict[str, Any]:
-        return {"time_s": round(self.elapsed(), 3), "peak_rss_mb": round(peak_rss_mb(), 1),
+        return {"time_s": round(self.elapsed(), 3), "peak_rss_mb": round(self._rss.stop(), 1),
                 "world_size": ddp.info().world_size}
 
     def finish(self, results: Callable[[], dict[str, Any]], summary: Callable[[dict[str, Any]], str]) -> dict[str, Any]:
