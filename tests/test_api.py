@@ -261,3 +261,30 @@ def test_a_diverging_grid_setting_loses_instead_of_stopping_the_grid(tmp_path):
     assert [e["val_avg"] for e in sel["scores"]] == [None, 0.5, 0.9] and "non-finite" in sel["scores"][0]["error"]
     assert sel["chosen"] == {"lr": "0.1"} and [r["seed"] for r in res] == [0, 1]
     assert json.loads((tmp_path / "s1" / "m" / "results.json").read_text())["selection"] == sel
+
+
+@pytest.mark.parametrize("method", ["patches", "taps"])
+def test_wrap_a_hugging_face_transformer(method, tmp_path):
+    """MiniLM (transformers): patches = LayerNorm scale/bias + head; TAPS gates every Linear."""
+    from taskshare.errors import DataError
+    try:
+        backbone = build_backbone("minilm", (2, 16), seed=0)
+        from taskshare.models.minilm import tokenize
+        x = tokenize(["a good film", "dull and long", "the dress fits", "great value"], max_length=16)
+    except DataError:
+        pytest.skip("the MiniLM package is not installed (make setup)")
+    tm = taskshare.wrap(TaskNet(backbone), method=method, input_shape=(2, 16))
+    tm.add_task("pos", 2)
+    tm.add_task("topic", 3)
+    tm.train().set_task("pos")
+    opt = torch.optim.SGD(tm.trainable_parameters(), lr=0.01)
+    (F.cross_entropy(tm(x), torch.tensor([1, 0, 1, 1])) + tm.penalty()).backward()
+    opt.step()
+    if method == "patches":
+        assert all(n.endswith(("LayerNorm.weight", "LayerNorm.bias")) or n.startswith("head.") for n in tm.tt.slots)
+    names = ["pos", "topic", "pos", "topic"]
+    with torch.no_grad():
+        out = tm.eval()(x, task=names)
+    tm.save(tmp_path / "f")
+    with torch.no_grad():
+        assert torch.equal(taskshare.load(tmp_path / "f").eval()(x, task=names), out)
