@@ -209,6 +209,10 @@ def test_multi_seed_summary_and_config_yaml_rerun(tmp_path, capsys):
     assert all(r["train_loss"] > 0 for r in log)
     text = (out / "config.yaml").read_text()
     assert "lr: 0.01" in text and "n_tasks: 5" in text and "limit: 40" in text
+    (tmp_path / "c.yaml").write_text("seed: 3\nepochs: 1\nlimit: 30\n")   # a hand-written config's seed counts
+    assert main(["run", "digits-tiny", "-m", "finetune", "--config", str(tmp_path / "c.yaml"), "--quiet",
+                 "--out", str(tmp_path / "c")]) == 0
+    assert json.loads((tmp_path / "c" / "finetune" / "results.json").read_text())["seed"] == 3
     assert main(["run", "digits-tiny", "--seed", "0,x", "--out", str(tmp_path / "bad"), "--quiet"]) == 2
     assert "--seed '0,x': give a seed" in capsys.readouterr().err
 

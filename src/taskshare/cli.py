@@ -134,13 +134,16 @@ def _read_run_section(args) -> None:
     args.benchmark = args.benchmark or run.get("benchmark")
     if args.method is None and run.get("method"):
         args.method = ",".join(run["method"]) if isinstance(run["method"], list) else str(run["method"])
-    seeds = run.get("seed") if args.seed is None and args.seeds is None else None
-    text = args.seed if args.seed is not None else ",".join(map(str, seeds)) if isinstance(seeds, list) else seeds
     if args.seeds is not None:
         if args.seed is not None or not 1 <= args.seeds <= 100:
             raise TaskshareError("--seeds N takes 1 <= N <= 100 and replaces --seed: give one of them")
         text = ",".join(map(str, range(args.seeds)))
-    args.seed_list = _parse_seeds(str(text)) if text is not None else [0]
+    elif args.seed is not None:
+        text = args.seed
+    else:  # the config file's seeds (config.yaml's run.seed list, or a top-level seed), else 0
+        seeds = run.get("seed", raw.get("seed", 0))
+        text = ",".join(map(str, seeds)) if isinstance(seeds, list) else str(seeds)
+    args.seed_list = _parse_seeds(str(text))
 
 
 def _parse_seeds(text: str) -> list[int]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from taskshare.methods.blocks.taskfolder import rebuild
+from taskshare.methods.blocks.taskfolder import builder_of, rebuild
 from taskshare.core.serialize import atomic_write_bytes, load_tensors, save_tensors
 from taskshare.errors import ArtifactError, ConfigError
 
@@ -36,8 +36,6 @@ def export_task(tm, task: str, path: str | Path, fmt: str = "safetensors") -> Pa
     """Write `task` of TaskModel `tm` as a standalone model in format `fmt` (see module docstring)."""
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}: choose {' or '.join(FORMATS)}")
-    from taskshare.methods.blocks.taskfolder import builder_of
-
     merged = tm.merged(task)
     path = Path(path)
     if fmt == "torchscript":
