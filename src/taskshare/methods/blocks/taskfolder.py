@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from taskshare._version import __version__
-from taskshare.core.artifacts import content_sha256, read_artifact, write_artifact
+from taskshare.core.artifacts import content_sha256, read_artifact, read_sidecar, write_artifact
 from taskshare.core.paths import safe_name
 from taskshare.core.serialize import atomic_write_json, load_tensors, read_json, save_tensors
 from taskshare.errors import ArtifactError, ConfigError
@@ -127,9 +127,9 @@ def write_run_manifest(art_dir: Path, learner, tasks: list, preprocessing: dict[
     entries = {}
     for task in tasks:
         rel = f"{safe_name(task.name)}.safetensors"
-        side, tensors = read_artifact(art_dir / rel)
         entries[task.name] = {"file": rel, "num_classes": task.num_classes, "class_names": list(task.classes),
-                              "parameters": learner.added_parameters(task.name), "sha256": side["sha256"]}
+                              "parameters": learner.added_parameters(task.name),
+                              "sha256": read_sidecar(art_dir / rel)["sha256"]}  # as just written (TAPS omits)
     atomic_write_json(art_dir / MANIFEST, {
         "schema": SCHEMA, "taskshare": __version__, "method": method, "options": options, "seed": 0,
         "base": {"class": type(net).__name__, "builder": builder, "fingerprint": tt.fingerprint(),
