@@ -292,3 +292,19 @@ def test_wrap_a_hugging_face_transformer(method, tmp_path):
     tm.save(tmp_path / "f")
     with torch.no_grad():
         assert torch.equal(taskshare.load(tmp_path / "f").eval()(x, task=names), out)
+
+
+def test_multi_output_grid_shares_one_stl_reference_and_chooses_on_validation_delta_m(tmp_path):
+    out = tmp_path / "m"
+    assert main(["run", "synthetic-imbalanced", "-m", "ew,adatask", "--epochs", "1", "--limit", "200", "--quiet",
+                 "--set", "optimizer=adam", "--grid", "lr=0.01,0.001", "--out", str(out)]) == 0
+    stl = json.loads((out / "stl" / "results.json").read_text())
+    assert stl["config"]["lr"] == 0.01                       # the run's own settings, trained once
+    for method in ("ew", "adatask"):
+        res = json.loads((out / method / "results.json").read_text())
+        sel = res["selection"]
+        assert sel["on"].startswith("val_delta_m") and len(sel["scores"]) == 2
+        best = max(sel["scores"], key=lambda s: s["val_delta_m"])
+        assert sel["chosen"] == best["setting"] and res["val_delta_m"] == pytest.approx(best["val_delta_m"])
+        assert res["stl_baseline"]["task_metrics"] == stl["task_metrics"]   # every setting against the same STL
+    assert not (out / "grid" / "stl").exists()

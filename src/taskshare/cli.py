@@ -169,9 +169,6 @@ def cmd_run(args) -> int:
     _read_run_section(args)
     benchmark = args.benchmark or DEFAULT_BENCHMARK
     if benchmark in MULTITASK_BENCHMARKS:
-        if args.grid:
-            raise TaskshareError("--grid chooses on validation accuracy and runs on task streams; for a "
-                                 "multi-output benchmark run each setting and compare val_delta_m in results.json")
         return _run_multitask(args, benchmark)
     methods = _methods(args.method, DEFAULT_METHODS, METHODS, "")
     cfg = _config(args)
@@ -316,29 +313,55 @@ DEFAULT_MULTITASK_METHODS = ("stl", "ew", "adatask")
 
 def _run_multitask(args, benchmark: str) -> int:
     """One input, several outputs: AdaTask and the weighting baselines (works under torchrun too)."""
-    from taskshare.engine import distributed
-    from taskshare.engine.multioutput import MULTITASK_METHODS, multitask_table, run_multitask
-
     import dataclasses
 
     from taskshare.core.serialize import atomic_write_json
+    from taskshare.engine import distributed
+    from taskshare.engine.multioutput import MULTITASK_METHODS, multitask_table, run_multitask
     from taskshare.results.summary import summarize
 
     methods = _methods(args.method, DEFAULT_MULTITASK_METHODS, MULTITASK_METHODS, "multi-task ")
     cfg = _config(args)
     di = distributed.init_from_env()
     out = _claim_out(args, benchmark, di.is_main)
-    results = []
-    for seed in args.seed_list:
-        seed_out = _seed_out(out, seed, args.seed_list, di.is_main)
-        results += [run_multitask(benchmark, m, dataclasses.replace(cfg, seed=seed), seed_out, resume=args.resume,
-                                  quiet=args.quiet) for m in methods]
+    if args.grid:
+        results = _multitask_grid(args, benchmark, methods, cfg, out, di)
+    else:
+        results = []
+        for seed in args.seed_list:
+            seed_out = _seed_out(out, seed, args.seed_list, di.is_main)
+            results += [run_multitask(benchmark, m, dataclasses.replace(cfg, seed=seed), seed_out,
+                                      resume=args.resume, quiet=args.quiet) for m in methods]
     if distributed.is_main():
-        _write_config(out, cfg, benchmark, methods, args.seed_list, multi_output=True)
+        _write_config(out, cfg, benchmark, methods, args.seed_list, multi_output=True, grid=args.grid)
         print(multitask_table(results))
         if len(args.seed_list) > 1:
             atomic_write_json(out / "summary.json", summarize(results))
     return 0
+
+
+def _multitask_grid(args, benchmark: str, methods: list[str], cfg, out: Path, di) -> list[dict]:
+    """--grid on a multi-output benchmark: STL once per seed at the run's settings (the shared Δm reference),
+    then every method's setting chosen on validation Δm against it (`engine.grid`)."""
+    import argparse
+    import dataclasses
+
+    from taskshare.engine.grid import parse_grid, select_on_validation
+    from taskshare.engine.multioutput import run_multitask
+
+    grid = parse_grid(args.grid)
+    stl = {seed: run_multitask(benchmark, "stl", dataclasses.replace(cfg, seed=seed),
+                               _seed_out(out, seed, args.seed_list, di.is_main), resume=args.resume,
+                               quiet=args.quiet) for seed in args.seed_list}
+
+    def run_one(method, setting, seed, where):
+        trial = argparse.Namespace(**{**vars(args), "sets": [*args.sets, *(f"{k}={v}" for k, v in setting.items())]})
+        return run_multitask(benchmark, method, dataclasses.replace(_config(trial), seed=seed), where,
+                             resume=args.resume, quiet=args.quiet, stl=stl[seed])
+
+    chosen = select_on_validation(run_one, [m for m in methods if m != "stl"], grid, args.seed_list, out,
+                                  lambda seed: _seed_out(out, seed, args.seed_list, False), score="val_delta_m")
+    return ([stl[s] for s in args.seed_list] if "stl" in methods else []) + chosen
 
 
 def _list_options(method: str) -> int:

@@ -7,6 +7,10 @@ averaged over tasks; never the test split) is chosen, ties to the first in grid 
 training diverges is recorded with its error and loses), and its runs are copied
 to where a plain run would write them (``OUT/<method>`` or ``OUT/seed-S/<method>``). Their results.json gain
 ``selection``: the grid, every combination's mean validation score, and the choice.
+
+Multi-output benchmarks maximise ``val_delta_m`` (validation Δm, %) against one STL reference per seed trained
+at the run's own settings (``OUT/seed-S/stl``), the same for every combination, so scores are comparable;
+``stl`` itself is not part of the grid.
 """
 from __future__ import annotations
 
@@ -55,27 +59,28 @@ def _label(setting: dict[str, str]) -> str:
 
 def select_on_validation(run: Callable[[str, dict[str, str], int, Path], dict[str, Any]], methods: list[str],
                          grid: dict[str, list[str]], seeds: list[int], out: Path,
-                         final_dir: Callable[[int], Path]) -> list[dict[str, Any]]:
+                         final_dir: Callable[[int], Path], score: str = SCORE) -> list[dict[str, Any]]:
     """The chosen results per method and seed (see module docstring); `run(method, setting, seed, dir)` trains
-    one method with the extra settings and returns its results (written to dir/<method>)."""
+    one method with the extra settings and returns its results (written to dir/<method>). `score`: the
+    results.json key to maximise (``val_avg``; multi-output: ``val_delta_m``)."""
     chosen_results = []
     for method in methods:
         scores = []
         for setting in combinations(grid, method):
             where = out / "grid" / safe_name(method) / _label(setting)
-            entry: dict[str, Any] = {"setting": setting, SCORE: None, "where": str(where.relative_to(out))}
+            entry: dict[str, Any] = {"setting": setting, score: None, "where": str(where.relative_to(out))}
             try:
                 res = [run(method, setting, seed, where / f"seed-{seed}") for seed in seeds]
-                vals = [r[SCORE] for r in res if isinstance(r.get(SCORE), (int, float))]
-                entry[SCORE] = sum(vals) / len(vals) if len(vals) == len(seeds) else None
+                vals = [r[score] for r in res if isinstance(r.get(score), (int, float))]
+                entry[score] = sum(vals) / len(vals) if len(vals) == len(seeds) else None
             except TrainingError as e:   # a diverging setting is a losing candidate, not the end of the grid
                 entry["error"] = str(e)
             scores.append(entry)
-        ok = [i for i, e in enumerate(scores) if e[SCORE] is not None]
+        ok = [i for i, e in enumerate(scores) if e[score] is not None]
         if not ok:
             raise TrainingError(f"{method}: every --grid setting failed ({scores[0].get('error', '')}); widen the grid")
-        best = max(ok, key=lambda i: (scores[i][SCORE], -i))
-        selection = {"on": f"{SCORE} (validation, mean over seeds {seeds})", "grid":
+        best = max(ok, key=lambda i: (scores[i][score], -i))
+        selection = {"on": f"{score} (validation, mean over seeds {seeds})", "grid":
                      {k: v for k, v in grid.items() if _applies(k, method)}, "scores": scores,
                      "chosen": scores[best]["setting"]}
         for seed in seeds:

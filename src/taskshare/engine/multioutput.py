@@ -138,11 +138,13 @@ def _au_kind(method: str, cfg: RunConfig) -> str:
 # ------------------------------------------------------------------------------------------ the run
 
 def run_multitask(benchmark: str, method: str, cfg: RunConfig, out_dir: str | Path, *, resume: bool = False,
-                  quiet: bool = True, on_checkpoint: Callable[[Path, int], None] | None = None) -> dict[str, Any]:
+                  quiet: bool = True, on_checkpoint: Callable[[Path, int], None] | None = None,
+                  stl: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``method`` on multi-task ``benchmark`` and write OUT/<method>/results.json; returns the results.
 
     For a method other than ``stl`` the STL baselines OUT/stl/ are trained first unless present for the
-    same benchmark, seed and settings. ``on_checkpoint(path, epoch)`` is called after each checkpoint.
+    same benchmark, seed and settings, or given as `stl` (the results of an STL run: the Δm reference every
+    setting of a --grid shares). ``on_checkpoint(path, epoch)`` is called after each checkpoint.
     """
     if benchmark not in MULTITASK_BENCHMARKS:
         raise ConfigError(f"unknown multi-task benchmark {benchmark!r}; choose from {', '.join(MULTITASK_BENCHMARKS)}")
@@ -156,7 +158,10 @@ def run_multitask(benchmark: str, method: str, cfg: RunConfig, out_dir: str | Pa
     if done is not None:
         return done
     data = _data(benchmark, cfg, run.say)
-    stl = None if method == "stl" else ensure_stl(benchmark, cfg, out_dir, resume=resume, quiet=quiet)
+    if method == "stl":
+        stl = None
+    elif stl is None:
+        stl = ensure_stl(benchmark, cfg, out_dir, resume=resume, quiet=quiet)
     return _MultiOutput(run, benchmark, method, cfg, opts, data, stl).train()
 
 
