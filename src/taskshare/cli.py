@@ -119,41 +119,14 @@ def _config(args):
 
 
 def _read_run_section(args) -> None:
-    """--config FILE: its `run` section (config.yaml) fills the benchmark, methods and seeds not given on the
-    command line; --seed / --seeds become `args.seed_list`."""
+    """--config FILE: its `run` section (config.yaml) fills the benchmark, methods, seeds and grid not given
+    on the command line (`engine.record.run_section`); --seed / --seeds become `args.seed_list`."""
     from taskshare.config import load_file
+    from taskshare.engine.record import run_section
 
-    raw = load_file(args.config) if args.config else {}
-    run = raw.pop("run", {}) or {}
-    if not isinstance(run, dict) or set(run) - {"benchmark", "method", "seed", "grid"}:
-        raise TaskshareError("the config's run section takes benchmark, method, seed and grid (as config.yaml "
-                             "writes)")
-    if not args.grid and run.get("grid"):
-        args.grid = [f"{k}={','.join(map(str, v))}" for k, v in dict(run["grid"]).items()]
-    args.file_config = raw
-    args.benchmark = args.benchmark or run.get("benchmark")
-    if args.method is None and run.get("method"):
-        args.method = ",".join(run["method"]) if isinstance(run["method"], list) else str(run["method"])
-    if args.seeds is not None:
-        if args.seed is not None or not 1 <= args.seeds <= 100:
-            raise TaskshareError("--seeds N takes 1 <= N <= 100 and replaces --seed: give one of them")
-        text = ",".join(map(str, range(args.seeds)))
-    elif args.seed is not None:
-        text = args.seed
-    else:  # the config file's seeds (config.yaml's run.seed list, or a top-level seed), else 0
-        seeds = run.get("seed", raw.get("seed", 0))
-        text = ",".join(map(str, seeds)) if isinstance(seeds, list) else str(seeds)
-    args.seed_list = _parse_seeds(str(text))
-
-
-def _parse_seeds(text: str) -> list[int]:
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts or not all(p.isdigit() for p in parts):
-        raise TaskshareError(f"--seed {text!r}: give a seed (0..{2**32 - 1}) or a comma-separated list, e.g. 0,1,2")
-    seeds = list(dict.fromkeys(int(p) for p in parts))
-    if max(seeds) > 2**32 - 1:
-        raise TaskshareError(f"--seed must be between 0 and {2**32 - 1}, got {max(seeds)}")
-    return seeds
+    args.file_config = load_file(args.config) if args.config else {}
+    args.benchmark, args.method, args.seed_list, args.grid = run_section(
+        args.file_config, args.benchmark, args.method, args.seed, args.seeds, args.grid)
 
 
 def cmd_run(args) -> int:
@@ -192,23 +165,26 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _run_grid(args, benchmark: str, methods: list[str], out: Path, di) -> list[dict]:
-    """--grid: every method's settings chosen on validation (`engine.grid`)."""
+def _trial(args, setting: dict[str, str], seed: int):
+    """(args, config) of one --grid setting and seed: the setting's values as extra --set items."""
     import argparse
     import dataclasses
 
+    trial = argparse.Namespace(**{**vars(args), "sets": [*args.sets, *(f"{k}={v}" for k, v in setting.items())]})
+    return trial, dataclasses.replace(_config(trial), seed=seed)
+
+
+def _run_grid(args, benchmark: str, methods: list[str], out: Path, di) -> list[dict]:
+    """--grid: every method's settings chosen on validation (`engine.grid`)."""
     from taskshare.engine.grid import parse_grid, select_on_validation
 
-    grid = parse_grid(args.grid)
-
     def run_one(method, setting, seed, where):
-        trial = argparse.Namespace(**{**vars(args), "sets": [*args.sets, *(f"{k}={v}" for k, v in setting.items())]})
-        cfg = dataclasses.replace(_config(trial), seed=seed)
+        trial, cfg = _trial(args, setting, seed)
         if di.is_main:
             where.mkdir(parents=True, exist_ok=True)
         return _run_lifelong(trial, benchmark, [method], cfg, where, di)[0]
 
-    return select_on_validation(run_one, methods, grid, args.seed_list, out,
+    return select_on_validation(run_one, methods, parse_grid(args.grid), args.seed_list, out,
                                 lambda seed: _seed_out(out, seed, args.seed_list, di.is_main))
 
 
@@ -343,24 +319,22 @@ def _run_multitask(args, benchmark: str) -> int:
 def _multitask_grid(args, benchmark: str, methods: list[str], cfg, out: Path, di) -> list[dict]:
     """--grid on a multi-output benchmark: STL once per seed at the run's settings (the shared Δm reference),
     then every method's setting chosen on validation Δm against it (`engine.grid`)."""
-    import argparse
     import dataclasses
 
     from taskshare.engine.grid import parse_grid, select_on_validation
     from taskshare.engine.multioutput import run_multitask
 
-    grid = parse_grid(args.grid)
     stl = {seed: run_multitask(benchmark, "stl", dataclasses.replace(cfg, seed=seed),
                                _seed_out(out, seed, args.seed_list, di.is_main), resume=args.resume,
                                quiet=args.quiet) for seed in args.seed_list}
 
     def run_one(method, setting, seed, where):
-        trial = argparse.Namespace(**{**vars(args), "sets": [*args.sets, *(f"{k}={v}" for k, v in setting.items())]})
-        return run_multitask(benchmark, method, dataclasses.replace(_config(trial), seed=seed), where,
-                             resume=args.resume, quiet=args.quiet, stl=stl[seed])
+        return run_multitask(benchmark, method, _trial(args, setting, seed)[1], where, resume=args.resume,
+                             quiet=args.quiet, stl=stl[seed])
 
-    chosen = select_on_validation(run_one, [m for m in methods if m != "stl"], grid, args.seed_list, out,
-                                  lambda seed: _seed_out(out, seed, args.seed_list, False), score="val_delta_m")
+    chosen = select_on_validation(run_one, [m for m in methods if m != "stl"], parse_grid(args.grid),
+                                  args.seed_list, out, lambda seed: _seed_out(out, seed, args.seed_list, False),
+                                  score="val_delta_m")
     return ([stl[s] for s in args.seed_list] if "stl" in methods else []) + chosen
 
 
