@@ -1,6 +1,6 @@
 """The `taskshare` command line.
 
-    taskshare run [BENCHMARK] --method M[,M2,...] [--epochs N] [--limit N] [--seed S[,S2,...] | --seeds N]
+    taskshare run [BENCHMARK] --method M[,M2,...] [--epochs N] [--limit N] [--seed S[,S2,...] | --seeds N] [--grid K=V,...]
                   [--out DIR] [--config FILE] [--set key=value ...] [--resume] [--quiet] [--device cpu|cuda]
                   [--precision fp32|bf16]
     taskshare predict RUN_OR_FOLDER INPUT... --task NAME [--task NAME ...] [--format csv|json] [--out FILE]
