@@ -47,13 +47,18 @@ def train_mode(net: nn.Module, mode: bool = True) -> None:
         net.train(mode)
 
 
-def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainSettings) -> torch.optim.Optimizer:
+def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainSettings,
+                   no_decay: Iterable[nn.Parameter] = ()) -> torch.optim.Optimizer:
     """The one optimizer builder of the learners: SGD (with the run's momentum) or Adam, at the run's lr and
-    weight decay, over the parameters that require gradients."""
+    weight decay, over the parameters that require gradients; `no_decay` (also in `params`) get weight decay 0
+    in a group of their own (TAPS's scores and deltas, spec pitfall 10)."""
     params = [p for p in params if p.requires_grad]
+    skip = {id(p) for p in no_decay}
+    groups = [g for g in ({"params": [p for p in params if id(p) not in skip], "weight_decay": cfg.weight_decay},
+                          {"params": [p for p in params if id(p) in skip], "weight_decay": 0.0}) if g["params"]]
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 
 def default_model(cfg: TrainSettings, input_shape: tuple[int, ...]) -> str:

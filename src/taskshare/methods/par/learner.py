@@ -317,11 +317,7 @@ class PAR(Learner):
         for n, t in expert.tt.tensors(task).items():
             if expert.tt.is_param(n) and t.requires_grad:
                 (undecayed if is_taps_slot(n) else decayed).append(t)
-        groups = [g for g in ({"params": decayed, "weight_decay": self.cfg.weight_decay},
-                              {"params": undecayed, "weight_decay": 0.0}) if g["params"]]
-        if self.cfg.optimizer == "adam":
-            return torch.optim.Adam(groups, lr=self.cfg.lr)
-        return torch.optim.SGD(groups, lr=self.cfg.lr, momentum=self.cfg.momentum)
+        return make_optimizer([*decayed, *undecayed], self.cfg, no_decay=undecayed)
 
     @property
     def epoch(self) -> int:

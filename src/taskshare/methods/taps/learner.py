@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from taskshare.errors import ConfigError
-from taskshare.methods.base import Learner, default_model, task_seed
+from taskshare.methods.base import Learner, default_model, make_optimizer, task_seed
 from taskshare.methods.blocks.gating import TAPS_LEAVES, active_layers, gated_layers, layer_sizes, penalty
 from taskshare.methods.taps.config import TapsJointOptions, TapsOptions, TapsTwoStageOptions, warmup_for
 from taskshare.methods.blocks.taskmodel import TaskModel
@@ -89,12 +89,7 @@ class _TapsLearner(Learner):
 
     def _make_optimizer(self, decayed: list[nn.Parameter], undecayed: list[nn.Parameter]) -> torch.optim.Optimizer:
         """Scores and deltas are never weight-decayed (spec pitfall 10)."""
-        groups = [{"params": undecayed, "weight_decay": 0.0},
-                  {"params": decayed, "weight_decay": self.cfg.weight_decay}]
-        groups = [g for g in groups if g["params"]]
-        if self.cfg.optimizer == "adam":
-            return torch.optim.Adam(groups, lr=self.cfg.lr)
-        return torch.optim.SGD(groups, lr=self.cfg.lr, momentum=self.cfg.momentum)
+        return make_optimizer([*decayed, *undecayed], self.cfg, no_decay=undecayed)
 
     # -- penalty and epochs
     @property
