@@ -36,7 +36,8 @@ class RunConfig:
     device: str = "cpu"
     seed: int = 0
     checkpoint_minutes: float = 5.0   # also checkpoint at an epoch end when this long has passed
-    eval_batch_size: int = 1024
+    eval_batch_size: int = 128        # inference batches: convolutional models run 1.3-3x faster per image at
+                                      # 128 than at 1024 on CPU, same outputs (BENCHMARKS.md, issue 14)
     benchmark: dict[str, Any] = field(default_factory=dict)
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
 

@@ -402,7 +402,7 @@ class PAR(Learner):
             self._sel = None
         if self._mode is None and self.options.bn_recalibrate and self.current == task.name:
             with expert.tt.use(task.name):
-                recalibrate_bn(expert.net, expert.net.features, task.train, self.cfg.eval_batch_size, self.device)
+                recalibrate_bn(expert.net, expert.net.features, task.train, self.cfg.batch_size, self.device)
         added = self.tt.count(task.name)
         d["added_params"], d["added_buffers"] = added["params"], added["buffers"]
         if d.get("unit") == "taps":

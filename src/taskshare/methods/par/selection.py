@@ -14,8 +14,10 @@ and the few-sample weight-decay rule (WenjinW/PAR@5539e08, ``src/approaches/par_
   (taskshare has no per-phase schedule: it always stops). The driver still runs the remaining epochs:
   `PAR.observe` then returns without a step (the batches are read, no model is computed).
 - **BatchNorm recalibration** (``bn_recalibrate``, beyond the paper; on in the ``paper`` preset): at the end
-  of a new expert's training its BN running statistics are recomputed as exact averages over its training
-  set (train-mode forward passes without gradient, momentum None), with the final weights. After a short
+  of a new expert's training its BN running statistics are recomputed as the equal-weight average of the
+  batch statistics over its training set (train-mode forward passes without gradient, momentum None, in
+  batches of the run's ``batch_size``, as patches and TAPS re-estimate theirs), with the final weights.
+  After a short
   training the running averages (momentum 0.1, from mean 0 / variance 1, of weights that kept changing)
   are far from the final network's statistics: on domain-stream's MNIST after 16 steps the expert scored
   0.13 in eval mode against 0.26-0.32 with batch statistics. Reuse and units are not recalibrated (their
