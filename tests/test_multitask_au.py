@@ -224,3 +224,24 @@ def test_adatask_pcgrad_au_uses_projected_gradients():
     # the recorder's first moments come from the projected gradients
     torch.testing.assert_close(opt.last_grads, P, rtol=0, atol=0)
     assert (rec.last_delta + lr * torch.sign(G)).abs().max() > 1e-3  # not AdaTask on the raw gradients
+
+
+@pytest.mark.parametrize("method,options", [("pcgrad", {}), ("mgda", {}), ("cagrad", {}), ("mgda", {"ub": True})])
+def test_gradient_methods_au_splits_the_combined_update(method, options):
+    """Adam on PCGrad / MGDA / CAGrad: the recorded parts sum to the update the optimizer applied, and they
+    are the combination's parts (not the raw task gradients, which sum to another update)."""
+    net, fns, x, ys = _setup()
+    lr, K = 0.01, 3
+    rec = AURecorder.for_params(list(net.encoder.named_parameters()), K, "adam", lr=lr)
+    tr = MultiTaskTrainer(net, fns, method, lr=lr, recorder=rec, seed=3, options=options)
+    plain = MultiTaskTrainer(_setup()[0], fns, method, lr=lr, seed=3, options=options)  # recording: same steps
+    for _ in range(4):
+        G = _task_grads(net, fns, x, ys)
+        before = _shared(net)
+        tr.step(x, ys)
+        plain.step(x, ys)
+        torch.testing.assert_close(rec.last_delta.sum(0), _shared(net) - before, rtol=1e-9, atol=1e-14)
+    torch.testing.assert_close(_shared(net), _shared(plain.model), rtol=0, atol=0)
+    raw = AURecorder.for_params(list(net.encoder.named_parameters()), K, "adam", lr=lr)
+    raw.update(G)  # one Adam step on the raw rows: not the combined direction's split
+    assert (raw.last_delta - rec.last_delta).abs().max() > 1e-6

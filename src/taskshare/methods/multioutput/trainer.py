@@ -20,8 +20,9 @@ attaching an LR scheduler to ``trainer.optimizer``). What each method does with 
 - adatask / adatask+pcgrad: G and the heads' gradient of sum_k L_k go to the AdaTask optimizer of the
   variant named by ``optimizer=`` (adam | rmsprop | adagrad).
 
-``recorder=`` (an ``AURecorder``) receives each step's per-task gradients of the (weighted) losses; for
-pcgrad / mgda / cagrad these are the gradients before combination. It follows the base optimizer's lr /
+``recorder=`` (an ``AURecorder``) receives each step's per-task parts of the gradient the optimizer gets, which
+sum to it: the weighted losses' gradients w_k g_k for loss weighting, PCGrad's projected rows, MGDA's and
+CAGrad's rows c_k g_k (``MethodSpec.split``; MGDA-UB: a_k g_k). It follows the base optimizer's lr /
 momentum / betas; under AdaTask it records the optimizer's own per-task updates (any variant; after the
 PCGrad projection for adatask+pcgrad) and accumulators (``AdaTask(record=True)``).
 
@@ -44,7 +45,8 @@ from torch import Tensor, nn
 
 from taskshare.errors import ConfigError
 from taskshare.methods.multioutput.adatask import VARIANTS, make_adatask
-from taskshare.methods.multioutput.aggregators import cagrad, mgda, mgda_ub_weights, mgda_weights_gram, pcgrad
+from taskshare.methods.multioutput.aggregators import (cagrad, cagrad_weights, mgda, mgda_ub_weights, mgda_weights,
+                                                       mgda_weights_gram, pcgrad, pcgrad_project)
 from taskshare.methods.multioutput.au import AURecorder
 from taskshare.methods.multioutput.gradients import GRAD_MODES, choose_mode, per_task_gradients, write_grads
 from taskshare.methods.multioutput.model import MultiOutputNet
@@ -79,6 +81,8 @@ class MethodSpec:
     - ``loss-weighting``: ``weights(trainer, L, L_global, losses) -> w``, then one backward of
       ``total(trainer, L, w)`` (default sum_k w_k L_k); ``make_weighting(K, options)`` builds its state;
     - ``gradient``: ``aggregate(G, options, generator) -> d``, the direction written into the shared grads;
+      ``split(G, options, generator) -> (d, parts)``, the same d plus the K per-task parts that sum to it
+      (what the AU record splits the optimizer's update by; called instead of ``aggregate`` when recording);
     - ``adatask``: the per-task gradients go to the AdaTask optimizer (``options["pcgrad_on"]``: PCGrad first).
     """
 
@@ -89,7 +93,18 @@ class MethodSpec:
     weights: Callable[..., Tensor] | None = None
     total: Callable[..., Tensor] | None = None
     aggregate: Callable[..., Tensor] | None = None
+    split: Callable[..., tuple[Tensor, Tensor]] | None = None
     end_epoch: Callable[[Any], None] | None = None
+
+
+def _rows(P: Tensor) -> tuple[Tensor, Tensor]:
+    """(sum of the rows, the rows): a direction made of per-task rows (PCGrad's projected gradients)."""
+    return P.sum(0), P
+
+
+def _weighted(w: Tensor, G: Tensor) -> tuple[Tensor, Tensor]:
+    """(w @ G, the rows w_k g_k): a direction that combines the task gradients with coefficients w."""
+    return w @ G, w[:, None] * G
 
 
 REGISTRY: dict[str, MethodSpec] = {
@@ -105,13 +120,16 @@ REGISTRY: dict[str, MethodSpec] = {
                            "loss-weighting", {"alpha": 1.5, "lr": 0.025},
                            lambda K, o: GradNorm(K, o["alpha"], o["lr"]), _gradnorm),
     "pcgrad": MethodSpec("PCGrad (Yu et al. 2020): project out conflicting components of task gradients",
-                         "gradient", {}, aggregate=lambda G, o, gen: pcgrad(G, gen)),
+                         "gradient", {}, aggregate=lambda G, o, gen: pcgrad(G, gen),
+                         split=lambda G, o, gen: _rows(pcgrad_project(G, gen))),
     "mgda": MethodSpec("MGDA (Sener & Koltun 2018): min-norm combination of task gradients (ub=True: MGDA-UB)",
                        "gradient", {"ub": False, "normalize": "none"},
-                       aggregate=lambda G, o, gen: mgda(G, o["normalize"])),
+                       aggregate=lambda G, o, gen: mgda(G, o["normalize"]),
+                       split=lambda G, o, gen: _weighted(mgda_weights(G, o["normalize"]), G)),
     "cagrad": MethodSpec("CAGrad (Liu et al. 2021): conflict-averse direction near the mean gradient", "gradient",
                          {"c": 0.5, "rescale": 0, "solver": "exact"},
-                         aggregate=lambda G, o, gen: cagrad(G, o["c"], o["rescale"], o["solver"])),
+                         aggregate=lambda G, o, gen: cagrad(G, o["c"], o["rescale"], o["solver"]),
+                         split=lambda G, o, gen: _weighted(cagrad_weights(G, o["c"], o["rescale"], o["solver"]), G)),
     "adatask": MethodSpec("AdaTask (Yang et al. 2023): per-task adaptive accumulators for shared parameters",
                           "adatask", {"missing": "skip"}),
     "adatask+pcgrad": MethodSpec("AdaTask on PCGrad-projected task gradients", "adatask",
@@ -249,11 +267,15 @@ class MultiTaskTrainer:
                 (a * L).sum().backward(inputs=self.shared, retain_graph=True)
                 self._sync_grads(self.shared)
                 w = a
-                if self.recorder is not None:
-                    G = self._grads(losses, self.shared)
+                if self.recorder is not None:  # the update's per-task parts a_k g_k
+                    G = self._grads(losses, self.shared) * a.to(L)[:, None]
             else:
                 G = self._grads(losses, self.shared)
-                write_grads(self.shared, spec.aggregate(G, self.opts, self.generator))
+                if self.recorder is not None and spec.split is not None:
+                    d, G = spec.split(G, self.opts, self.generator)  # G: the parts the AU record splits by
+                else:
+                    d = spec.aggregate(G, self.opts, self.generator)
+                write_grads(self.shared, d)
                 w = None
             self._heads_backward(losses)
             self.optimizer.step()
