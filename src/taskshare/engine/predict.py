@@ -1,7 +1,8 @@
 """`taskshare predict` and `taskshare export`: use what a run (or `TaskModel.save`) wrote.
 
 A PATH is a folder with a manifest.json (`api.folder`): a saved TaskModel, a run's ``<method>/artifacts``, or
-the run folder ``<method>`` above it. Inputs are .npy/.npz arrays (N, *input_shape) or one sample, image files
+the run folder ``<method>`` above it; a PAR run's tasks are served by `api.par_model.PARModel` (predict
+only: export writes TaskModel tasks). Inputs are .npy/.npz arrays (N, *input_shape) or one sample, image files
 (resized to the manifest's input shape; uint8 pixels scaled as the run's stream did, default 1/255), or .txt
 files of text lines for text tasks (tokenized as the text benchmarks do).
 """
@@ -18,11 +19,13 @@ import torch
 
 from taskshare.api import load
 from taskshare.api.export import export_task
+from taskshare.api.par_model import PARModel
 from taskshare.core.serialize import atomic_write_bytes
 from taskshare.data.user import IMAGE_EXTENSIONS, load_images
 from taskshare.errors import ConfigError, DataError
+from taskshare.methods.par.manifest import is_par_folder
 
-__all__ = ["export_run_task", "predict_files", "resolve"]
+__all__ = ["export_run_task", "open_model", "predict_files", "resolve"]
 
 
 def resolve(path: str | Path) -> Path:
@@ -37,8 +40,8 @@ def resolve(path: str | Path) -> Path:
     if methods:
         raise ConfigError(f"{p} holds several methods' runs: name one, e.g. {p / methods[0]}")
     if (p / "artifacts" / "base.safetensors").is_file() or (p / "base.safetensors").is_file():
-        raise ConfigError(f"{p} has no manifest.json: runs of PAR (separate experts) and runs made before this "
-                          "version cannot be loaded; rerun with this version")
+        raise ConfigError(f"{p} has no manifest.json: runs made before this version cannot be loaded; rerun "
+                          "with this version")
     raise ConfigError(f"{p} has no manifest.json: give a run's method folder (OUT/<method>) or a TaskModel.save folder")
 
 
@@ -95,10 +98,16 @@ def read_inputs(paths: list[str], shape: tuple[int, ...], preprocessing: dict[st
     return torch.cat(xs), sources
 
 
+def open_model(path: str | Path):
+    """The model at PATH: a `TaskModel` (`taskshare.load`), or for a PAR run a `PARModel` (its experts)."""
+    folder = resolve(path)
+    return PARModel.load(folder) if is_par_folder(folder) else load(folder)
+
+
 def predict_files(path: str | Path, tasks: list[str], inputs: list[str], out: str | None, fmt: str) -> str:
     """Labels and probabilities for `inputs` under `tasks` (one for all samples, or one per sample) as CSV or
     JSON text; written atomically to `out` when given."""
-    tm = load(resolve(path)).eval()
+    tm = open_model(path).eval()
     shape = tuple(tm.input_shape or ())
     x, sources = read_inputs(inputs, shape, tm.preprocessing)
     if len(tasks) not in (1, len(x)):
@@ -137,6 +146,9 @@ def export_run_task(path: str | Path, task: str, fmt: str, out: str | None) -> P
     from taskshare.core.paths import safe_name
 
     folder = resolve(path)
+    if is_par_folder(folder):
+        raise ConfigError(f"{folder} is a PAR run: its tasks run on separate cell experts, which export does "
+                          "not write; use `taskshare predict` on the run folder")
     tm = load(folder, tasks=[task])
     target = Path(out) if out else folder.parent / "exports" / f"{safe_name(task)}.{'pt' if fmt == 'torchscript' else 'safetensors'}"
     target.parent.mkdir(parents=True, exist_ok=True)

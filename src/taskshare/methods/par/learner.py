@@ -27,6 +27,7 @@ from taskshare.methods.par.relatedness import (Extractor, extract_features, make
 from taskshare.methods.par.routing import expert_scores, route
 from taskshare.methods.par.search import search, search_budget
 from taskshare.methods.par.selection import Selection, few_shot_weight_decay, recalibrate_bn, val_accuracy
+from taskshare.methods.par.manifest import write_manifest
 from taskshare.methods.par.tensors import PARTensors
 from taskshare.methods.par.units import (LAYOUTS, UNIT_KINDS, convert, gate, is_taps_slot, kd_groups, layout_slots,
                                          leaf, unit_trainable)
@@ -489,3 +490,4 @@ class PAR(Learner):
     # --------------------------------------------------------------------------------------- artifacts
     save_artifact = save_artifact  # (par, task, path) -> bytes: see par/artifacts.py
     load_artifact = load_artifact  # (par, path) -> task name: see par/artifacts.py
+    write_manifest = write_manifest  # (par, folder, tasks, preprocessing): what `PARModel.load` reads (manifest.py)
