@@ -29,7 +29,7 @@ demo: setup
 PORTABLE := tests/test_par_search.py tests/test_par_learner.py tests/test_par_units.py tests/test_par_portability.py \
             tests/test_par_presets.py tests/test_par_search_learns.py tests/test_par_baselines.py \
             tests/test_taps.py tests/test_patches.py tests/test_pretrained.py tests/test_docs.py \
-            tests/test_api.py tests/test_predict_export.py
+            tests/test_api.py tests/test_predict_export.py tests/test_par_serve.py
 ifeq ($(shell uname -m),x86_64)
 AVX2     := ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
 endif
