@@ -6,7 +6,9 @@
 Runs ``taskshare run BENCHMARK --method expert-per-task,par`` in one process (the same data, seed and
 thread count), then prints each method's time_s and avg_acc, PAR's per-task search seconds and decisions,
 the time ratio par / expert-per-task and the accuracy gap in points. Targets (issue 14): ratio <= 20 and
-gap >= -5 points. Extra ``--set`` values go to the run (e.g. a fixed ``par.search_epochs``).
+gap >= -5 points. Extra ``--set`` values go to the run (e.g. a fixed ``par.search_epochs``); ``--set
+model=par-cell`` runs expert-per-task on PAR's own cell architecture (PAR ignores ``model``): the
+same-architecture ratio.
 """
 from __future__ import annotations
 

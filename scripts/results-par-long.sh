@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# RESULTS.md, "S_long: PAR's official preset (3 seeds)": ctrl-s-long with 20 tasks under the CPU-sized CTrL
+# protocol of scripts/results-par.sh, PAR with par.preset=official, seeds 0, 1, 2; `paper` runs the paper preset
+# (taskshare's defaults) on seed 0 for comparison (every task then gets a new searched expert: 20 searches).
+# The official preset keeps two CPU-sized values (explicit options override a preset): C = 16 instead of 64
+# and the search length tied to the run's budget (par.search_epochs=-1) instead of 100 epochs; every other
+# official default applies (few-shot override, s = 0 unrelated, BN shared in transfer, best-validation state,
+# early stopping, the few-shot weight-decay rule, no BN recalibration). --resume continues after a stop.
+# Usage: scripts/results-par-long.sh [official|paper ...]   (default: both)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+OUT=${OUT:-runs/results/par-long-presets}
+LONG="--epochs 10 --set batch_size=32 --set benchmark.n_large=1000 --set benchmark.n_small=25
+      --set benchmark.val_fraction=0.3333 --set benchmark.max_eval=200 --set benchmark.n_tasks=20"
+official() {
+  .venv/bin/taskshare run ctrl-s-long --method par $LONG --set par.preset=official --set par.channels=16 \
+    --set par.search_epochs=-1 --seed 0,1,2 --quiet --resume --out "$OUT/official"
+}
+paper() {
+  .venv/bin/taskshare run ctrl-s-long --method par $LONG --set par.preset=paper --set par.channels=16 --set par.search_epochs=-1 --seed 0 --quiet --resume \
+    --out "$OUT/paper"
+}
+for step in "${@:-official paper}"; do for s in $step; do $s; done; done
