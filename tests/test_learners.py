@@ -141,6 +141,34 @@ def test_ewc_penalty_gradient_is_lambda_fisher_times_displacement(stream, cfg):
         torch.testing.assert_close(g, 3.0 * fisher[n] * (p.detach() - anchor[n]), rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("online", [False, True])
+def test_ewc_penalty_value_is_the_sum_of_quadratics(stream, cfg, online):
+    """The penalty's value (what the logged loss includes) is lambda/2 sum F (theta - theta*)^2 itself: 0 at the
+    anchor, never negative; two tasks (online: one decayed Fisher anchored at the latest theta*)."""
+    opts = EWC.Options(lambda_=300.0, online=online, gamma=0.5)
+    ewc = EWC(cfg, opts, stream[0].input_shape)
+    terms = []
+    for i in range(2):
+        train(ewc, stream[i], i, cfg)
+        anchor = {n: p.detach().clone() for n, p in ewc.shared().items()}
+        if online:
+            terms = [(dict(ewc.fisher_sum), anchor)]
+        else:
+            before = {n: f.clone() for n, f in terms[-1][2].items()} if terms else {}
+            fisher = {n: f - before.get(n, 0) for n, f in ewc.fisher_sum.items()}
+            terms.append((fisher, anchor, {n: f.clone() for n, f in ewc.fisher_sum.items()}))
+    def want() -> float:
+        return sum(0.5 * 300.0 * float((t[0][n].double() * (p.detach().double() - t[1][n].double()) ** 2).sum())
+                   for t in terms for n, p in ewc.shared().items())
+
+    at_anchor = float(ewc.regularizer(None, None).detach())  # online: 0; else the first task's term only
+    assert at_anchor == pytest.approx(want(), rel=1e-3, abs=1e-6) and at_anchor > -1e-6
+    with torch.no_grad():
+        for p in ewc.shared().values():
+            p.add_(0.1 * torch.randn_like(p))
+    assert want() > 1e-3 and float(ewc.regularizer(None, None).detach()) == pytest.approx(want(), rel=1e-4)
+
+
 def test_fisher_matches_per_sample_loop():
     torch.manual_seed(0)
     backbone = nn.Sequential(nn.Linear(3, 4), nn.Tanh())

@@ -10,8 +10,9 @@ minimise
     L(theta) = CE(theta) + lambda/2 * sum_{t' < t} sum_i F_t',i (theta_i - theta*_t',i)^2 .
 
 Implementation: the sum over earlier tasks is kept as two running sums, A = sum F_t' and
-B = sum F_t' * theta*_t', since sum_t' F_t'(theta - theta*_t')^2 = A*theta^2 - 2*B*theta + const: the same
-gradient as one penalty per task, in constant memory. `online=True` gives online EWC (Schwarz et al., 2018):
+B = sum F_t' * theta*_t', since sum_t' F_t'(theta - theta*_t')^2 = A*theta^2 - 2*B*theta + C with the scalar
+C = sum F_t' theta*_t'^2: the same gradient as one penalty per task, in constant memory (C is added to the
+value only, so the logged loss is the penalty itself, never negative). `online=True` gives online EWC (Schwarz et al., 2018):
 A <- gamma*A + F_t with the anchor at the latest theta*. Heads are task-specific and not penalised.
 
 The Fisher needs sum_i g_i^2 over per-sample gradients g_i, never the gradients themselves. For a Linear
@@ -219,6 +220,7 @@ class EWC(SharedBackboneLearner):
         super().__init__(cfg, options, input_shape)
         self.fisher_sum: dict[str, torch.Tensor] = {}    # A
         self.anchor_sum: dict[str, torch.Tensor] = {}    # B
+        self.constant = 0.0                              # C, summed over the tensors (the value's offset)
         self.index = 0
         self._scaled: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
@@ -235,7 +237,8 @@ class EWC(SharedBackboneLearner):
         if self._scaled is None:  # lambda*A and -lambda*B, rebuilt when the sums change
             lam = self.options.lambda_
             self._scaled = {n: (lam * a, -lam * self.anchor_sum[n]) for n, a in self.fisher_sum.items()}
-        return sum(_Quadratic.apply(p, *self._scaled[n]) for n, p in self.shared().items())
+        offset = 0.5 * self.options.lambda_ * self.constant
+        return sum(_Quadratic.apply(p, *self._scaled[n]) for n, p in self.shared().items()) + offset
 
     def end_task(self, task):
         gen = torch.Generator().manual_seed(task_seed(self.cfg.seed, self.index, salt=3))
@@ -246,20 +249,26 @@ class EWC(SharedBackboneLearner):
         self._scaled = None
         fisher = diagonal_fisher(self.net, params, self.tt.tensors(task.name), x.to(self.device),
                                  y.to(self.device), self.options.fisher, gen)
+        constant = 0.0 if self.options.online else self.constant
         for name, p in params.items():
             f, theta = fisher[name], p.detach()
             if self.options.online or name not in self.fisher_sum:
                 decay = self.options.gamma if name in self.fisher_sum else 0.0
                 a = decay * self.fisher_sum[name] + f if name in self.fisher_sum else f
                 self.fisher_sum[name], self.anchor_sum[name] = a, a * theta
+                constant += float(torch.dot(self.anchor_sum[name].flatten().double(), theta.flatten().double()))
             else:
                 self.fisher_sum[name] = self.fisher_sum[name] + f
                 self.anchor_sum[name] = self.anchor_sum[name] + f * theta
+                constant += float(torch.dot((f * theta).flatten().double(), theta.flatten().double()))
+        self.constant = constant
 
     def extra_state(self):
-        return {"fisher_sum": self.fisher_sum, "anchor_sum": self.anchor_sum, "index": self.index}
+        return {"fisher_sum": self.fisher_sum, "anchor_sum": self.anchor_sum, "index": self.index,
+                "constant": self.constant}
 
     def load_extra_state(self, state):
         self.fisher_sum, self.anchor_sum = dict(state["fisher_sum"]), dict(state["anchor_sum"])
         self._scaled = None
         self.index = state["index"]
+        self.constant = float(state.get("constant", 0.0))
