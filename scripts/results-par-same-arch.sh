@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# RESULTS.md, "PAR against the baselines on PAR's own cell expert (3 seeds)": the CPU-sized CTrL protocol of
+# scripts/results-par.sh, but every baseline runs on PAR's default expert architecture (`model=par-cell`:
+# C = 16, 4 cells of 4 nodes, a fixed separable-convolution genotype) instead of the 1.1M-parameter ResNet-18,
+# seeds 0, 1, 2, every method with the protocol's SGD lr 0.01, momentum 0.9, batch 32, 10 epochs. EWC's lambda
+# from {10, 1000} is chosen on the mean validation accuracy over the seeds (--grid; recorded under "selection"
+# in each results.json; a diverging setting is recorded, not chosen). Nothing is selected on test.
+# S_pl gets every baseline; S^- (CPU time) PAR, expert-per-task and fine-tuning. EWC diverged at the protocol's
+# lr 0.01 with both lambdas, so `ewc-low-lr` reruns it on S_pl at lr 0.003 and 0.001.
+# Usage: scripts/results-par-same-arch.sh [ctrl-s-pl|ctrl-s-minus|ewc-low-lr ...]   (default: all; each stream is
+# independent, so two shells can run one each, one core apiece). --resume continues after a stop.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+OUT=${OUT:-runs/results/par-same-arch}
+CTRL="--epochs 10 --set batch_size=32 --set benchmark.n_large=1000 --set benchmark.n_small=200
+      --set benchmark.val_fraction=0.3333 --set benchmark.max_eval=1000 --set model=par-cell --seed 0,1,2"
+ctrl-s-pl() {
+  .venv/bin/taskshare run ctrl-s-pl --method par,expert-per-task,finetune,lwf,ewc $CTRL --grid ewc.lambda=10,1000 \
+    --quiet --resume --out "$OUT/ctrl-s-pl" || echo "ewc diverged with both lambdas at lr 0.01 (see ewc-low-lr)"
+}
+ctrl-s-minus() {
+  .venv/bin/taskshare run ctrl-s-minus --method par,expert-per-task,finetune $CTRL --quiet --resume \
+    --out "$OUT/ctrl-s-minus"
+}
+ewc-low-lr() {  # EWC diverged at lr 0.01 with both lambdas on S_pl: lower lrs, one process per lambda (two cores);
+  # each picks its lr on validation, then the lambda with the better chosen mean validation accuracy is reported
+  for lam in 10 1000; do
+    .venv/bin/taskshare run ctrl-s-pl --method ewc $CTRL --set ewc.lambda=$lam --grid lr=0.003,0.001 --quiet \
+      --resume --out "$OUT/ctrl-s-pl-ewc-lambda-$lam" || echo "ewc lambda $lam diverged at every lr" &
+  done
+  wait
+}
+for step in "${@:-ctrl-s-pl ctrl-s-minus ewc-low-lr}"; do for s in $step; do $s; done; done
