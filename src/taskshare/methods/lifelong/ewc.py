@@ -11,9 +11,9 @@ minimise
 
 Implementation: the sum over earlier tasks is kept as two running sums, A = sum F_t' and
 B = sum F_t' * theta*_t', since sum_t' F_t'(theta - theta*_t')^2 = A*theta^2 - 2*B*theta + C with the scalar
-C = sum F_t' theta*_t'^2: the same gradient as one penalty per task, in constant memory (C is added to the
-value only, so the logged loss is the penalty itself, never negative). `online=True` gives online EWC (Schwarz et al., 2018):
-A <- gamma*A + F_t with the anchor at the latest theta*. Heads are task-specific and not penalised.
+C = sum F_t' theta*_t'^2: the same gradient as one penalty per task, in constant memory (C only shifts the
+value, so the logged loss is the penalty itself, never negative). `online=True` gives online EWC (Schwarz et
+al., 2018): A <- gamma*A + F_t with the anchor at the latest theta*. Heads are task-specific and not penalised.
 
 The Fisher needs sum_i g_i^2 over per-sample gradients g_i, never the gradients themselves. For a Linear
 layer g_i = d_i a_i^T (output gradient d_i, input a_i), so sum_i g_i^2 = (d^2)^T (a^2): one batched

@@ -22,12 +22,12 @@ from taskshare.methods.par.artifacts import load_artifact, save_artifact
 from taskshare.methods.par.config import Options
 from taskshare.methods.par.distill import distill_loss
 from taskshare.methods.par.expert import Expert, ExpertNet, Genotype, build_expert
+from taskshare.methods.par.manifest import write_manifest
 from taskshare.methods.par.relatedness import (Extractor, extract_features, make_extractor, prototypes,
                                                task_relatedness)
 from taskshare.methods.par.routing import expert_scores, route
 from taskshare.methods.par.search import search, search_budget
 from taskshare.methods.par.selection import Selection, few_shot_weight_decay, recalibrate_bn, val_accuracy
-from taskshare.methods.par.manifest import write_manifest
 from taskshare.methods.par.tensors import PARTensors
 from taskshare.methods.par.units import (LAYOUTS, UNIT_KINDS, convert, gate, is_taps_slot, kd_groups, layout_slots,
                                          leaf, unit_trainable)

@@ -7,11 +7,7 @@ whole expert, the others their head and statistics on it). At the end of the run
                     options, the input shape and preprocessing, and the tasks in training order with
                     their file, classes, class names, parameter count and checksum
 
-`PARModel.load(folder)` (`api/par_model.py`) rebuilds a PAR learner with those settings and options and loads
-the artifacts in training order (every expert's owner comes before the tasks on it), so its predictions equal the run's exactly.
-It offers what `taskshare predict` needs from a `TaskModel`: ``model(x, task=name | [name per sample])``
-(for a mixed batch, classes a task lacks come out as -inf), ``input_shape``, ``preprocessing``,
-``class_names`` and ``tasks``.
+`PARModel.load(folder)` (`api/par_model.py`) rebuilds the run's tasks from it for `taskshare predict`.
 """
 from __future__ import annotations
 
