@@ -43,7 +43,6 @@ import torch
 from taskshare import progress
 from taskshare.config import RunConfig, check_options
 from taskshare.core.checkpoint import check_lifelong, restoring
-from taskshare.methods.blocks.taskfolder import write_run_manifest
 from taskshare.core.paths import safe_name
 from taskshare.core.serialize import save_tensors
 from taskshare.engine import distributed as ddp
@@ -265,12 +264,8 @@ def save_artifacts(learner, names: list[str], art_dir: Path, tasks=()) -> tuple[
                         {"base_fingerprint": learner.base_fingerprint()})
     sizes = {name: learner.save_artifact(name, art_dir / safe_name(name)) for name in names}
     done = [t for t in tasks if t.name in sizes]
-    if done:  # PAR writes its own (separate experts: `methods/par/manifest.py`)
-        writer = getattr(learner, "write_manifest", None)
-        if writer is not None:
-            writer(art_dir, done, _preprocessing(done[0]))
-        else:
-            write_run_manifest(art_dir, learner, done, _preprocessing(done[0]))
+    if done:
+        learner.write_manifest(art_dir, done, _preprocessing(done[0]))
     return sizes, base
 
 

@@ -28,6 +28,7 @@ from torch import nn
 from taskshare.core import TaskTensors, save_task
 from taskshare.core.artifacts import content_sha256
 from taskshare.config import RunConfig, TrainSettings
+from taskshare.methods.blocks.taskfolder import write_run_manifest
 from taskshare.models import HEAD_SLOTS, TaskNet, build_backbone, head_logits, new_head
 
 
@@ -158,6 +159,11 @@ class Learner(ABC):
     def save_artifact(self, task: str, path) -> int:
         """Write `task`'s artifact (safetensors + JSON) at `path`; returns the bytes written."""
         return save_task(self.tt, task, path, meta={"method": self.name})
+
+    def write_manifest(self, folder, tasks: list, preprocessing: dict[str, Any]) -> bool:
+        """After the task artifacts: `folder`/manifest.json, what `taskshare.load`, `predict` and `export` read
+        (`blocks.taskfolder.write_run_manifest`); returns whether one was written (PAR writes its own)."""
+        return write_run_manifest(folder, self, tasks, preprocessing)
 
     def extra_results(self) -> dict[str, Any]:
         """Method-specific entries for results.json (e.g. PAR's per-task `decisions`)."""
