@@ -171,3 +171,32 @@ def test_report_default_out_dir_for_file(out):
     text = report([str(f)])
     assert (out / "ewc" / "acc_matrix_split_mnist.png").exists()
     assert "wrote 5 plots" in text
+
+
+# ------------------------------------------------------------------ settings chosen on validation
+
+def test_selection_table_lists_every_candidate_and_marks_the_choice(tmp_path):
+    from taskshare.results.table import selection_table
+    sel = {"on": "val_avg", "grid": {"lr": ["0.1", "0.01"], "ewc.lambda": ["10"]}, "chosen": {"lr": "0.01", "ewc.lambda": "10"},
+           "scores": [{"setting": {"lr": "0.1", "ewc.lambda": "10"}, "val_avg": None,
+                       "error": "non-finite loss (nan) in ewc, task t1, epoch 1: lower the learning rate"},
+                      {"setting": {"lr": "0.01", "ewc.lambda": "10"}, "val_avg": 0.8125}]}
+    mt = {"on": "val_delta_m", "grid": {"lr": ["0.001"]}, "chosen": {"lr": "0.001"},
+          "scores": [{"setting": {"lr": "0.001"}, "val_delta_m": -2.5}]}
+    results = [make_result(seed=s, selection=sel) for s in (0, 1)] + [make_result(method="finetune")] \
+        + [make_result(benchmark="adult", method="ew", task_metrics={}, selection=mt)]
+    lines = selection_table(results).splitlines()
+    assert lines[0].startswith("settings chosen on validation")
+    assert lines[1].split() == ["benchmark", "method", "setting", "val", "acc", "(%)", "val", "Δm", "(%)"]
+    rows = [ln.split() for ln in lines[3:]]
+    # one row per candidate (the two seeds share one selection; finetune has none); Δm printed as is, accuracy x100
+    assert rows == [["adult", "ew", "lr=0.001", "-2.50", "chosen"],
+                    ["split_mnist", "ewc", "lr=0.1", "ewc.lambda=10", "failed:", "non-finite", "loss", "(nan)", "in",
+                     "ewc,", "task", "t1,", "epoch", "1"],
+                    ["split_mnist", "ewc", "lr=0.01", "ewc.lambda=10", "81.25", "chosen"]]
+    assert selection_table([make_result()]) == ""
+    # `taskshare report` prints it after the comparison table
+    write(tmp_path / "grid", "ewc", make_result(selection=sel))
+    text = report([str(tmp_path / "grid")])
+    assert text.index("settings chosen on validation") > text.index("avg acc (%)")
+    assert "81.25" in text.split("settings chosen")[1]

@@ -18,7 +18,7 @@ from taskshare.core.paths import safe_name
 from taskshare.errors import TaskshareError
 from taskshare.results.groups import group_results
 from taskshare.results.metrics import validate_matrix
-from taskshare.results.table import comparison_table, task_metrics_tables
+from taskshare.results.table import comparison_table, selection_table, task_metrics_tables
 
 __all__ = ["REQUIRED_KEYS", "comparison_table", "find_results", "plot_results", "report"]
 
@@ -163,7 +163,7 @@ def report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None
     """Load results, write plots and return the comparison table(s) plus a line naming the plots.
 
     The text is the comparison table, then (multi-output runs only) per-benchmark tables of test
-    metrics, then ``wrote N plots to DIR: ...``, separated by blank lines. ``out_dir`` defaults to
+    metrics, then (runs chosen with ``--grid``) every candidate setting's validation score, then ``wrote N plots to DIR: ...``, separated by blank lines. ``out_dir`` defaults to
     the first path if it is a directory, else its parent.
     """
     if isinstance(paths, (str, os.PathLike)):
@@ -173,6 +173,6 @@ def report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None
         first = Path(paths[0])
         out_dir = first.parent if first.is_file() else first
     written = plot_results(results, out_dir)
-    tables = [comparison_table(results), task_metrics_tables(results)]
+    tables = [comparison_table(results), task_metrics_tables(results), selection_table(results)]
     names = ", ".join(p.name for p in written)
     return "\n\n".join(t for t in tables if t) + f"\n\nwrote {len(written)} plots to {out_dir}: {names}"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from taskshare.results.groups import Group, Stat, fmt_number, group_results, stat
+from taskshare.results.groups import Group, Stat, fmt_number, group_results, is_number, stat
 
-__all__ = ["comparison_table", "human_bytes", "render", "task_metrics_tables"]
+__all__ = ["comparison_table", "human_bytes", "render", "selection_table", "task_metrics_tables"]
 
 
 def human_bytes(n: float) -> str:
@@ -79,12 +79,14 @@ _COLUMNS: list[tuple[str, Callable[[Group], str], str | None]] = [
 ]
 
 
-def render(header: list[str], rows: list[list[str]], left: int = 2) -> str:
-    """Aligned plain text: the first ``left`` columns left-aligned, the rest right-aligned."""
+def render(header: list[str], rows: list[list[str]], left: int = 2, text_last: bool = False) -> str:
+    """Aligned plain text: the first ``left`` columns (and the last, with ``text_last``) left-aligned, the rest
+    right-aligned."""
     widths = [max(len(c) for c in col) for col in zip(header, *rows)]
+    lefts = set(range(left)) | ({len(widths) - 1} if text_last else set())
 
     def line(cells):
-        padded = (c.ljust(w) if k < left else c.rjust(w) for k, (c, w) in enumerate(zip(cells, widths)))
+        padded = (c.ljust(w) if k in lefts else c.rjust(w) for k, (c, w) in enumerate(zip(cells, widths)))
         return "  ".join(padded).rstrip()
 
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
@@ -150,3 +152,39 @@ def task_metrics_tables(results: Sequence[dict]) -> str:
             rows.append([g.label, str(g.n)] + cells + [_mean_std(g.key("delta_m"), sign=True)])
         out.append(f"{bench}: test metrics at the selected epoch\n" + render(header, rows, left=1))
     return "\n\n".join(out)
+
+
+# results.json "selection" (engine.grid): the score each candidate setting was ranked by, and how to print it
+_SCORES = {"val_avg": ("val acc (%)", 100.0), "val_delta_m": ("val Δm (%)", 1.0)}
+
+
+def _candidate(entry: dict, chosen: object) -> list[str]:
+    setting = entry.get("setting") if isinstance(entry.get("setting"), dict) else {}
+    cells = [" ".join(f"{k}={v}" for k, v in setting.items()) or "defaults"]
+    for key, (_, scale) in _SCORES.items():
+        cells.append(fmt_number(entry[key] * scale) if is_number(entry.get(key)) else "")
+    error = str(entry.get("error", ""))
+    note = "chosen" if setting == chosen else (f"failed: {error.split(':')[0]}" if error else "")
+    return cells + [note]
+
+
+def selection_table(results: Sequence[dict]) -> str:
+    """Runs chosen on validation (``taskshare run --grid``): every candidate setting of each (benchmark, method)
+    with its mean validation score over the seeds, the chosen one marked, failed ones with their error.
+
+    Empty when no run has a ``selection``. Accuracies are in percent; multi-output runs rank by validation Δm.
+    """
+    rows = []
+    for g in group_results(results):
+        sel = next((r["selection"] for r in g.runs if isinstance(r.get("selection"), dict)), None)
+        for entry in (sel or {}).get("scores", []):
+            if isinstance(entry, dict):
+                rows.append([g.benchmark, g.label] + _candidate(entry, sel.get("chosen")))
+    if not rows:
+        return ""
+    keep = [k for k in range(len(_SCORES)) if any(r[3 + k] for r in rows)]
+    header = ["benchmark", "method", "setting"] + [h for h, _ in _SCORES.values()] + [""]
+    pick = [0, 1, 2] + [3 + k for k in keep] + [len(header) - 1]
+    title = "settings chosen on validation (mean over the seeds; the test split is not used):\n"
+    return title + render([header[i] for i in pick], [[r[i] for i in pick] for r in rows], left=3,
+                          text_last=True)
