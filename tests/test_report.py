@@ -200,3 +200,19 @@ def test_selection_table_lists_every_candidate_and_marks_the_choice(tmp_path):
     text = report([str(tmp_path / "grid")])
     assert text.index("settings chosen on validation") > text.index("avg acc (%)")
     assert "81.25" in text.split("settings chosen")[1]
+
+
+def test_markdown_tables_carry_the_same_cells(out, capsys):
+    from taskshare.cli import main
+    from taskshare.results.table import render
+    results = find_results([out])
+    text_rows = [ln.split() for ln in comparison_table(results).splitlines()[2:]]
+    md = comparison_table(results, markdown=True).splitlines()
+    assert md[0].startswith("| benchmark | method | seeds | avg acc (%) |")
+    assert md[1].startswith("| :-- | :-- | --: | --: |")   # text columns left, numbers right
+    # the same cells, in the same order, as the aligned text table
+    assert [[c.strip() for c in ln.strip("| ").split(" | ")] for ln in md[2:]][0][:4] == text_rows[0][:4]
+    assert render(["a", "b"], [["x|y", "1"]], left=1, markdown=True).splitlines()[2] == "| x\\|y | 1 |"
+    assert main(["report", "--markdown", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("| benchmark |") and "81.25" in printed

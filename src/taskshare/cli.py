@@ -6,7 +6,7 @@
     taskshare predict RUN_OR_FOLDER INPUT... --task NAME [--task NAME ...] [--format csv|json] [--out FILE]
     taskshare export RUN_OR_FOLDER --task NAME [--format safetensors|torchscript] [--out FILE]
     taskshare list [--options METHOD]
-    taskshare report DIR [DIR ...] [--plots DIR]
+    taskshare report DIR [DIR ...] [--plots DIR] [--markdown]
     taskshare inspect BACKBONE --patch KINDS [--classes N]
     taskshare relatedness BENCHMARK [--extractor auto|mobilenetv2|raw] [--loo] [--out DIR]
 
@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="comparison table and PNG plots from result directories")
     rep.add_argument("paths", nargs="+", help="results.json files, run directories or output directories")
     rep.add_argument("--plots", default=None, help="where to write the PNGs (default: next to the results)")
+    rep.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     return p
 
 
@@ -439,7 +440,7 @@ def cmd_report(args) -> int:
 
     if args.plots is not None:
         prepare_out(args.plots, "--plots")
-    print(report(args.paths, out_dir=args.plots))
+    print(report(args.paths, out_dir=args.plots, markdown=args.markdown))
     return 0
 
 

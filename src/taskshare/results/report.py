@@ -159,12 +159,13 @@ def plot_results(results: Sequence[dict], out_dir: str | os.PathLike) -> list[Pa
     return written
 
 
-def report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None) -> str:
+def report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None,
+           markdown: bool = False) -> str:
     """Load results, write plots and return the comparison table(s) plus a line naming the plots.
 
     The text is the comparison table, then (multi-output runs only) per-benchmark tables of test
     metrics, then (runs chosen with ``--grid``) every candidate setting's validation score, then ``wrote N plots to DIR: ...``, separated by blank lines. ``out_dir`` defaults to
-    the first path if it is a directory, else its parent.
+    the first path if it is a directory, else its parent. ``markdown``: the tables as Markdown (for a README).
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -173,6 +174,6 @@ def report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None
         first = Path(paths[0])
         out_dir = first.parent if first.is_file() else first
     written = plot_results(results, out_dir)
-    tables = [comparison_table(results), task_metrics_tables(results), selection_table(results)]
+    tables = [f(results, markdown=markdown) for f in (comparison_table, task_metrics_tables, selection_table)]
     names = ", ".join(p.name for p in written)
     return "\n\n".join(t for t in tables if t) + f"\n\nwrote {len(written)} plots to {out_dir}: {names}"

@@ -79,11 +79,16 @@ _COLUMNS: list[tuple[str, Callable[[Group], str], str | None]] = [
 ]
 
 
-def render(header: list[str], rows: list[list[str]], left: int = 2, text_last: bool = False) -> str:
-    """Aligned plain text: the first ``left`` columns (and the last, with ``text_last``) left-aligned, the rest
-    right-aligned."""
+def render(header: list[str], rows: list[list[str]], left: int = 2, text_last: bool = False,
+           markdown: bool = False) -> str:
+    """Aligned plain text (or a Markdown table): the first ``left`` columns (and the last, with ``text_last``)
+    left-aligned, the rest right-aligned."""
     widths = [max(len(c) for c in col) for col in zip(header, *rows)]
     lefts = set(range(left)) | ({len(widths) - 1} if text_last else set())
+    if markdown:
+        align = [":--" if k in lefts else "--:" for k in range(len(widths))]
+        return "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+                         for cells in [header, align, *rows])
 
     def line(cells):
         padded = (c.ljust(w) if k in lefts else c.rjust(w) for k, (c, w) in enumerate(zip(cells, widths)))
@@ -103,7 +108,7 @@ def _duplicate_seed_notes(groups: list[Group]) -> list[str]:
     return notes
 
 
-def comparison_table(results: Sequence[dict]) -> str:
+def comparison_table(results: Sequence[dict], markdown: bool = False) -> str:
     """Plain-text aligned table, one row per (benchmark, method) over its seeds, sorted by benchmark then method.
 
     ``seeds`` is the number of runs averaged; each metric shows ``mean ± std`` (sample std, n-1) over them,
@@ -111,13 +116,14 @@ def comparison_table(results: Sequence[dict]) -> str:
     points, byte sizes in decimal units. Parameter counts: ``params total`` (base + all tasks' additions),
     ``new params task 1`` (added for the first task) and ``new params/task 2.. (mean)`` (the mean of
     the later tasks' additions). ``FWT`` and ``delta_m`` columns appear when any run has them. Missing
-    or null values are ``-``; a value that rounds to zero is ``0.00``, never ``-0.00``.
+    or null values are ``-``; a value that rounds to zero is ``0.00``, never ``-0.00``. ``markdown``: a Markdown
+    table instead of aligned text (the same for the other tables here).
     """
     groups = group_results(results)
     cols = [(h, cell) for h, cell, key in _COLUMNS if key is None or any(g.key(key).n for g in groups)]
     header = ["benchmark", "method", "seeds"] + [h for h, _ in cols]
     rows = [[g.benchmark, g.label, str(g.n)] + [cell(g) for _, cell in cols] for g in groups]
-    return "\n".join([render(header, rows)] + _duplicate_seed_notes(groups))
+    return "\n".join([render(header, rows, markdown=markdown)] + _duplicate_seed_notes(groups))
 
 
 def _metric_columns(groups: list[Group]) -> list[tuple[str, str, bool]]:
@@ -132,7 +138,7 @@ def _metric_columns(groups: list[Group]) -> list[tuple[str, str, bool]]:
     return [(t, m, h) for (t, m), h in cols.items()]
 
 
-def task_metrics_tables(results: Sequence[dict]) -> str:
+def task_metrics_tables(results: Sequence[dict], markdown: bool = False) -> str:
     """Multi-output runs: per benchmark, each task's test metrics as ``mean ± std`` over seeds, and Δm.
 
     Arrows say which way is better (↑ higher, ↓ lower). Empty when no run is multi-output.
@@ -150,7 +156,8 @@ def task_metrics_tables(results: Sequence[dict]) -> str:
             cells = [_mean_std(g.stat(lambda r, t=t, m=m: (r["task_metrics"].get(t) or {}).get(m)), decimals=4)
                      for t, m, _ in cols]
             rows.append([g.label, str(g.n)] + cells + [_mean_std(g.key("delta_m"), sign=True)])
-        out.append(f"{bench}: test metrics at the selected epoch\n" + render(header, rows, left=1))
+        out.append(f"{bench}: test metrics at the selected epoch\n{_gap(markdown)}"
+                   + render(header, rows, left=1, markdown=markdown))
     return "\n\n".join(out)
 
 
@@ -168,7 +175,7 @@ def _candidate(entry: dict, chosen: object) -> list[str]:
     return cells + [note]
 
 
-def selection_table(results: Sequence[dict]) -> str:
+def selection_table(results: Sequence[dict], markdown: bool = False) -> str:
     """Runs chosen on validation (``taskshare run --grid``): every candidate setting of each (benchmark, method)
     with its mean validation score over the seeds, the chosen one marked, failed ones with their error.
 
@@ -185,6 +192,10 @@ def selection_table(results: Sequence[dict]) -> str:
     keep = [k for k in range(len(_SCORES)) if any(r[3 + k] for r in rows)]
     header = ["benchmark", "method", "setting"] + [h for h, _ in _SCORES.values()] + [""]
     pick = [0, 1, 2] + [3 + k for k in keep] + [len(header) - 1]
-    title = "settings chosen on validation (mean over the seeds; the test split is not used):\n"
+    title = f"settings chosen on validation (mean over the seeds; the test split is not used):\n{_gap(markdown)}"
     return title + render([header[i] for i in pick], [[r[i] for i in pick] for r in rows], left=3,
-                          text_last=True)
+                          text_last=True, markdown=markdown)
+
+
+def _gap(markdown: bool) -> str:
+    return "\n" if markdown else ""  # Markdown needs a blank line between a title and its table
