@@ -195,6 +195,12 @@ def test_selection_table_lists_every_candidate_and_marks_the_choice(tmp_path):
                      "ewc,", "task", "t1,", "epoch", "1"],
                     ["split_mnist", "ewc", "lr=0.01", "ewc.lambda=10", "81.25", "chosen"]]
     assert selection_table([make_result()]) == ""
+    # the comparison and test-metric tables name the chosen setting; runs without a grid leave it empty
+    table = comparison_table(results).splitlines()
+    assert table[0].split()[:5] == ["benchmark", "method", "chosen", "on", "val"]
+    assert table[3].split()[:5] == ["split_mnist", "ewc", "lr=0.01", "ewc.lambda=10", "2"]
+    assert table[4].split()[:3] == ["split_mnist", "finetune", "1"]
+    assert "chosen on val" not in comparison_table([make_result()])
     # `taskshare report` prints it after the comparison table
     write(tmp_path / "grid", "ewc", make_result(selection=sel))
     text = report([str(tmp_path / "grid")])

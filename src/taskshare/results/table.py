@@ -117,13 +117,30 @@ def comparison_table(results: Sequence[dict], markdown: bool = False) -> str:
     ``new params task 1`` (added for the first task) and ``new params/task 2.. (mean)`` (the mean of
     the later tasks' additions). ``FWT`` and ``delta_m`` columns appear when any run has them. Missing
     or null values are ``-``; a value that rounds to zero is ``0.00``, never ``-0.00``. ``markdown``: a Markdown
-    table instead of aligned text (the same for the other tables here).
+    table instead of aligned text (the same for the other tables here). Runs chosen with ``--grid`` add a
+    ``chosen on val`` column: the setting picked on validation.
     """
     groups = group_results(results)
     cols = [(h, cell) for h, cell, key in _COLUMNS if key is None or any(g.key(key).n for g in groups)]
-    header = ["benchmark", "method", "seeds"] + [h for h, _ in cols]
-    rows = [[g.benchmark, g.label, str(g.n)] + [cell(g) for _, cell in cols] for g in groups]
-    return "\n".join([render(header, rows, markdown=markdown)] + _duplicate_seed_notes(groups))
+    chosen = _chosen_column(groups)
+    header = ["benchmark", "method"] + chosen + ["seeds"] + [h for h, _ in cols]
+    rows = [[g.benchmark, g.label] + [_chosen(g) for _ in chosen] + [str(g.n)] + [cell(g) for _, cell in cols]
+            for g in groups]
+    return "\n".join([render(header, rows, left=2 + len(chosen), markdown=markdown)] + _duplicate_seed_notes(groups))
+
+
+def _selection(g: Group) -> dict | None:
+    return next((r["selection"] for r in g.runs if isinstance(r.get("selection"), dict)), None)
+
+
+def _chosen(g: Group) -> str:
+    """The setting ``--grid`` chose on validation, ``lr=0.01 ewc.lambda=100``; empty for runs without a grid."""
+    chosen = (_selection(g) or {}).get("chosen")
+    return " ".join(f"{k}={v}" for k, v in chosen.items()) if isinstance(chosen, dict) else ""
+
+
+def _chosen_column(groups: list[Group]) -> list[str]:
+    return ["chosen on val"] if any(_chosen(g) for g in groups) else []
 
 
 def _metric_columns(groups: list[Group]) -> list[tuple[str, str, bool]]:
@@ -150,14 +167,17 @@ def task_metrics_tables(results: Sequence[dict], markdown: bool = False) -> str:
     out = []
     for bench, groups in by_bench.items():
         cols = _metric_columns(groups)
-        header = ["method", "seeds"] + [f"{t} {m} {'↑' if hib else '↓'}" for t, m, hib in cols] + ["Δm (%)"]
+        chosen = _chosen_column(groups)
+        header = ["method"] + chosen + ["seeds"] + [f"{t} {m} {'↑' if hib else '↓'}" for t, m, hib in cols] \
+            + ["Δm (%)"]
         rows = []
         for g in groups:
             cells = [_mean_std(g.stat(lambda r, t=t, m=m: (r["task_metrics"].get(t) or {}).get(m)), decimals=4)
                      for t, m, _ in cols]
-            rows.append([g.label, str(g.n)] + cells + [_mean_std(g.key("delta_m"), sign=True)])
+            rows.append([g.label] + [_chosen(g) for _ in chosen] + [str(g.n)] + cells
+                        + [_mean_std(g.key("delta_m"), sign=True)])
         out.append(f"{bench}: test metrics at the selected epoch\n{_gap(markdown)}"
-                   + render(header, rows, left=1, markdown=markdown))
+                   + render(header, rows, left=1 + len(chosen), markdown=markdown))
     return "\n\n".join(out)
 
 
@@ -183,7 +203,7 @@ def selection_table(results: Sequence[dict], markdown: bool = False) -> str:
     """
     rows = []
     for g in group_results(results):
-        sel = next((r["selection"] for r in g.runs if isinstance(r.get("selection"), dict)), None)
+        sel = _selection(g)
         for entry in (sel or {}).get("scores", []):
             if isinstance(entry, dict):
                 rows.append([g.benchmark, g.label] + _candidate(entry, sel.get("chosen")))
