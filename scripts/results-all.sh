@@ -5,9 +5,9 @@
 # `taskshare report OUT` prints any run folder's table (mean ± std over seeds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for s in results-split-mnist results-foundation results-multitask-tuned results-multitask \
-         results-patches-multitask results-transfer results-taps-lambda results-par-same-arch \
-         results-par-long results-par; do
+for s in results-split-mnist results-foundation results-multitask results-patches-multitask \
+         results-patches-transfer results-taps-lambda results-smallcnn-stream results-transfer \
+         results-par-same-arch results-par-long results-par; do
   echo "== scripts/$s.sh"
   bash "scripts/$s.sh"
 done

@@ -5,7 +5,7 @@
 # seeds 0, 1, 2, every method with the protocol's SGD lr 0.01, momentum 0.9, batch 32, 10 epochs. EWC's lambda
 # from {10, 1000} is chosen on the mean validation accuracy over the seeds (--grid; recorded under "selection"
 # in each results.json; a diverging setting is recorded, not chosen). Nothing is selected on test.
-# S_pl gets every baseline; S^- (CPU time) PAR, expert-per-task and fine-tuning. EWC diverged at the protocol's
+# S_pl gets every baseline; S^- (CPU time) PAR, expert-per-task, fine-tuning and LwF. EWC diverged at the protocol's
 # lr 0.01 with both lambdas, so `ewc-low-lr` reruns it on S_pl at lr 0.003 and 0.001.
 # Usage: scripts/results-par-same-arch.sh [ctrl-s-pl|ctrl-s-minus|ewc-low-lr ...]   (default: all; each stream is
 # independent, so two shells can run one each, one core apiece). --resume continues after a stop.
@@ -20,7 +20,7 @@ ctrl-s-pl() {
     --quiet --resume --out "$OUT/ctrl-s-pl" || echo "ewc diverged with both lambdas at lr 0.01 (see ewc-low-lr)"
 }
 ctrl-s-minus() {
-  .venv/bin/taskshare run ctrl-s-minus --method par,expert-per-task,finetune $CTRL --quiet --resume \
+  .venv/bin/taskshare run ctrl-s-minus --method par,expert-per-task,finetune,lwf $CTRL --quiet --resume \
     --out "$OUT/ctrl-s-minus"
 }
 ewc-low-lr() {  # EWC diverged at lr 0.01 with both lambdas on S_pl: lower lrs, one process per lambda (two cores);

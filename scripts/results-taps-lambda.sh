@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # RESULTS.md, "TAPS: lambda chosen on validation (3 seeds)": transfer-images with the ImageNet MobileNetV2 at 32 px
-# (the settings of scripts/results-transfer.sh: 1,000 training samples per task, 3 epochs, batch 64, val/test
+# (the settings of scripts/results-patches-transfer.sh: 1,000 training samples per task, 3 epochs, batch 64, val/test
 # capped at 1,000 per task), seeds 0, 1, 2. TAPS on the frozen pretrained base (taps.backbone=model), the
 # official penalty and the default warm-up (scaled to the run's epochs), BN statistics re-estimated at each
 # task's end; lambda from {0.5, 2, 8} chosen on the mean validation accuracy over the seeds. Full fine-tuning,
