@@ -177,7 +177,8 @@ def test_report_default_out_dir_for_file(out):
 
 def test_selection_table_lists_every_candidate_and_marks_the_choice(tmp_path):
     from taskshare.results.table import selection_table
-    sel = {"on": "val_avg", "grid": {"lr": ["0.1", "0.01"], "ewc.lambda": ["10"]}, "chosen": {"lr": "0.01", "ewc.lambda": "10"},
+    sel = {"on": "val_avg", "grid": {"lr": ["0.1", "0.01"], "ewc.lambda": ["10"]},
+           "chosen": {"lr": "0.01", "ewc.lambda": "10"},
            "scores": [{"setting": {"lr": "0.1", "ewc.lambda": "10"}, "val_avg": None,
                        "error": "non-finite loss (nan) in ewc, task t1, epoch 1: lower the learning rate"},
                       {"setting": {"lr": "0.01", "ewc.lambda": "10"}, "val_avg": 0.8125}]}

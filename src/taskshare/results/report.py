@@ -164,8 +164,9 @@ def report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None
     """Load results, write plots and return the comparison table(s) plus a line naming the plots.
 
     The text is the comparison table, then (multi-output runs only) per-benchmark tables of test
-    metrics, then (runs chosen with ``--grid``) every candidate setting's validation score, then ``wrote N plots to DIR: ...``, separated by blank lines. ``out_dir`` defaults to
-    the first path if it is a directory, else its parent. ``markdown``: the tables as Markdown (for a README).
+    metrics, then (runs chosen with ``--grid``) every candidate setting's validation score, then
+    ``wrote N plots to DIR: ...``, separated by blank lines. ``out_dir`` defaults to the first path if it is a
+    directory, else its parent. ``markdown``: the tables as Markdown (for a README).
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
