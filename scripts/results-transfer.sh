@@ -53,10 +53,11 @@ def active(run, task):
     return f"{len(info['active_layers'])}/{len(info['layers'])}" if info else ""
 
 
-def table(title, runs, majority=None):
+def table(title, runs, baseline=None):
     runs = [(m, d) for m, d in runs if (d / "results.json").exists()]
     if not runs:
         return
+    majority = baseline and baseline_accuracies(*baseline)
     rs = {m: load(d) for m, d in runs}
     tasks = next(iter(rs.values()))["tasks"]
     full = rs.get("full")
@@ -78,7 +79,7 @@ def table(title, runs, majority=None):
               f"| {acts} | {r['time_s']:.0f} |")
 
 
-def majority(bench, limit):
+def baseline_accuracies(bench, limit):  # the majority class of each task's training split, on its test split
     from taskshare.data import build_benchmark
     accs = []
     for t in build_benchmark(bench, seed=0):
@@ -106,9 +107,9 @@ def taps_png(run, shape, png, title):
 
 rows = lambda bench: [(m, out / bench / m) for m in ("head", "scale-bias+head", "full", "taps")]  # noqa: E731
 table("transfer-text (MiniLM, 64 tokens), 256 training samples per task, 2 epochs", rows("text"),
-      majority("transfer-text", 256))
+      ("transfer-text", 256))
 table("transfer-text (MiniLM, 64 tokens), all 540 training samples per task, 3 epochs", rows("text-long"),
-      majority("transfer-text", 540))
+      ("transfer-text", 540))
 taps_png(results / "taps-lambda/grid/taps/taps.lambda_2/seed-0/taps", (1, 28, 28),
          "docs/img/taps_layers_transfer-images.png",
          "TAPS, ImageNet MobileNetV2 (32 px), lambda 2, seed 0: task-specific conv layers (dark)")
