@@ -7,7 +7,7 @@
 # in each results.json; a diverging setting is recorded, not chosen). Nothing is selected on test.
 # S_pl gets every baseline; S^- (CPU time) PAR, expert-per-task, fine-tuning and LwF. EWC diverged at the protocol's
 # lr 0.01 with both lambdas, so `ewc-low-lr` reruns it on S_pl at lr 0.003 and 0.001.
-# Usage: scripts/results-par-same-arch.sh [ctrl-s-pl|ctrl-s-minus|ewc-low-lr ...]   (default: all; each stream is
+# Usage: scripts/results-par-same-arch.sh [ctrl-s-pl|ctrl-s-minus|ewc-low-lr|ewc-s-minus ...]   (default: all; each stream is
 # independent, so two shells can run one each, one core apiece). --resume continues after a stop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,4 +31,8 @@ ewc-low-lr() {  # EWC diverged at lr 0.01 with both lambdas on S_pl: lower lrs, 
   done
   wait
 }
-for step in "${@:-ctrl-s-pl ctrl-s-minus ewc-low-lr}"; do for s in $step; do $s; done; done
+ewc-s-minus() {  # EWC on S^- at lambda 10 (lambda 1000 diverged at every lr on S_pl), its lr chosen on validation
+  .venv/bin/taskshare run ctrl-s-minus --method ewc $CTRL --set ewc.lambda=10 --grid lr=0.003,0.001 --quiet --resume \
+    --out "$OUT/ctrl-s-minus-ewc-lambda-10"
+}
+for step in "${@:-ctrl-s-pl ctrl-s-minus ewc-low-lr ewc-s-minus}"; do for s in $step; do $s; done; done
