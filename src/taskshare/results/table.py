@@ -136,7 +136,11 @@ def _selection(g: Group) -> dict | None:
 def _chosen(g: Group) -> str:
     """The setting ``--grid`` chose on validation, ``lr=0.01 ewc.lambda=100``; empty for runs without a grid."""
     chosen = (_selection(g) or {}).get("chosen")
-    return " ".join(f"{k}={v}" for k, v in chosen.items()) if isinstance(chosen, dict) else ""
+    return _setting_text(chosen) if isinstance(chosen, dict) else ""
+
+
+def _setting_text(setting: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in setting.items())
 
 
 def _chosen_column(groups: list[Group]) -> list[str]:
@@ -185,11 +189,10 @@ def task_metrics_tables(results: Sequence[dict], markdown: bool = False) -> str:
 _SCORES = {"val_avg": ("val acc (%)", 100.0), "val_delta_m": ("val Δm (%)", 1.0)}
 
 
-def _candidate(entry: dict, chosen: object) -> list[str]:
+def _candidate(entry: dict, chosen: object, keys: list[str]) -> list[str]:
     setting = entry.get("setting") if isinstance(entry.get("setting"), dict) else {}
-    cells = [" ".join(f"{k}={v}" for k, v in setting.items()) or "defaults"]
-    for key, (_, scale) in _SCORES.items():
-        cells.append(fmt_number(entry[key] * scale) if is_number(entry.get(key)) else "")
+    cells = [_setting_text(setting) or "defaults"]
+    cells += [fmt_number(entry[k] * _SCORES[k][1]) if is_number(entry.get(k)) else "" for k in keys]
     error = str(entry.get("error", ""))
     note = "chosen" if setting == chosen else (f"failed: {error.split(':')[0]}" if error else "")
     return cells + [note]
@@ -201,20 +204,15 @@ def selection_table(results: Sequence[dict], markdown: bool = False) -> str:
 
     Empty when no run has a ``selection``. Accuracies are in percent; multi-output runs rank by validation Δm.
     """
-    rows = []
-    for g in group_results(results):
-        sel = _selection(g)
-        for entry in (sel or {}).get("scores", []):
-            if isinstance(entry, dict):
-                rows.append([g.benchmark, g.label] + _candidate(entry, sel.get("chosen")))
-    if not rows:
+    candidates = [(g, sel, entry) for g in group_results(results) if (sel := _selection(g))
+                  for entry in sel.get("scores", []) if isinstance(entry, dict)]
+    if not candidates:
         return ""
-    keep = [k for k in range(len(_SCORES)) if any(r[3 + k] for r in rows)]
-    header = ["benchmark", "method", "setting"] + [h for h, _ in _SCORES.values()] + [""]
-    pick = [0, 1, 2] + [3 + k for k in keep] + [len(header) - 1]
+    keys = [k for k in _SCORES if any(is_number(entry.get(k)) for _, _, entry in candidates)]
+    header = ["benchmark", "method", "setting"] + [_SCORES[k][0] for k in keys] + [""]
+    rows = [[g.benchmark, g.label] + _candidate(entry, sel.get("chosen"), keys) for g, sel, entry in candidates]
     title = f"settings chosen on validation (mean over the seeds; the test split is not used):\n{_gap(markdown)}"
-    return title + render([header[i] for i in pick], [[r[i] for i in pick] for r in rows], left=3,
-                          text_last=True, markdown=markdown)
+    return title + render(header, rows, left=3, text_last=True, markdown=markdown)
 
 
 def _gap(markdown: bool) -> str:
