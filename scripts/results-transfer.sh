@@ -2,9 +2,10 @@
 # RESULTS.md, "transfer-text (MiniLM): 3 seeds, settings chosen on validation": all-MiniLM-L6-v2, 64 tokens,
 # all 540 training samples per task, 3 epochs, batch 16, SGD momentum 0.9, seeds 0, 1, 2. Each method's lr is
 # chosen on the mean validation accuracy over the seeds (--grid; head and scale-bias+head from
-# {0.03, 0.01, 0.003}, full fine-tuning from {0.01, 0.003, 0.001}); TAPS (pretrained base frozen, official
-# penalty, default warm-up, lr 0.01) chooses lambda from {0.5, 2, 8}. One output folder per method (each has its
-# own grid); `text-a` and `text-b` take about the same time and can run in two shells at once, one core each.
+# {0.1, 0.03, 0.01, 0.003}: 0.1 was added after both chose 0.03, the edge of {0.03, 0.01, 0.003}; full
+# fine-tuning from {0.01, 0.003, 0.001}); TAPS (pretrained base frozen, official penalty, default warm-up,
+# lr 0.01) chooses lambda from {0.5, 2, 8}. One output folder per method (each has its own grid); `text-a` and
+# `text-b` take about the same time and can run in two shells at once, one core each.
 # Then `tables` prints the text table (mean ± std and per-task means over the seeds) and draws
 # docs/img/taps_layers_*.png (methods/taps/report.py plot_layers) and docs/img/taps_lambda_sweep.png from the
 # 3-seed runs of this script, scripts/results-taps-lambda.sh, scripts/results-patches-transfer.sh and
@@ -17,7 +18,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 OUT=${OUT:-runs/results/transfer}
 # transfer-text: 800 samples per task (200 test, 60 validation), all 540 training samples
 TS=".venv/bin/taskshare run transfer-text --epochs 3 --set batch_size=16 --seed 0,1,2 --quiet --resume"
-HIGH="--grid lr=0.03,0.01,0.003"
+HIGH="--grid lr=0.1,0.03,0.01,0.003"
 LOW="--grid lr=0.01,0.003,0.001"
 
 text-a() {
