@@ -43,9 +43,11 @@ long() {  # 20 tasks (25 training samples, or 1,000 with probability 0.1), test 
   # presets on S_long are scripts/results-par-long.sh
   stream ctrl-s-long --set benchmark.n_tasks=20 --set benchmark.n_small=25 --set benchmark.max_eval=200
 }
-long-variants() {  # PAR on S_long with the bias-corrected relatedness (taskshare's option, par.loo)
-  $TS ctrl-s-long --method par $CTRL --set benchmark.n_tasks=20 --set benchmark.n_small=25 \
-    --set benchmark.max_eval=200 --set par.loo=true --out $OUT/ctrl-s-long-loo
+long-variants() {  # PAR on S_long with the official few-shot override (N <= 25: reuse an expert with >= 10 N
+  # samples; off in the paper preset, which does not state it) and with the bias-corrected relatedness (loo)
+  LONG="$CTRL --set benchmark.n_tasks=20 --set benchmark.n_small=25 --set benchmark.max_eval=200"
+  $TS ctrl-s-long --method par $LONG --set par.few_shot_max=25 --out $OUT/ctrl-s-long-few-shot-25
+  $TS ctrl-s-long --method par $LONG --set par.loo=true --out $OUT/ctrl-s-long-loo
 }
 tables() {  # mean ± std over the seeds (taskshare report), then PAR's decisions and relatedness per seed
   for d in $OUT/*/ runs/results/split-mnist-par/; do

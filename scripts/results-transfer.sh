@@ -138,7 +138,7 @@ def seeds(pattern):
         return None
     accs = [100 * r["avg_acc"] for r in runs]
     added = st.mean(sum(r["params"]["added_per_task"]) / len(r["tasks"]) for r in runs)
-    return added, st.mean(accs), st.stdev(accs) if len(accs) > 1 else 0.0
+    return (added, *mean_std(accs))
 
 
 pts = {lam: seeds(f"taps-lambda/grid/taps/taps.lambda_{lam}/seed-*/taps/results.json") for lam in ("0.5", "2", "8")}
