@@ -13,12 +13,12 @@ OUT=${OUT:-runs/results}
 M=finetune,ewc,lwf,expert-per-task,joint
 permuted() {  # 10 tasks of 60,000 images each (about a minute per run on one core): split-MNIST's lr and lambda
   # grid; LwF as in the paper (old heads trained) or with the old heads fixed, chosen on validation
-  .venv/bin/taskshare run permuted-mnist --method $M --seed 0,1,2 --grid lr=0.1,0.03,0.01 \
+  .venv/bin/taskshare run --jobs ${JOBS:-1} permuted-mnist --method $M --seed 0,1,2 --grid lr=0.1,0.03,0.01 \
     --grid ewc.lambda=100,1000,10000 --grid lwf.train_old_heads=true,false --quiet --resume \
     --out "$OUT/permuted-mnist-3seeds"
 }
 domain() {  # 5,000 training samples per task; split-MNIST's grid
-  .venv/bin/taskshare run domain-stream --method $M --limit 5000 --seed 0,1,2 --grid lr=0.1,0.03,0.01 \
+  .venv/bin/taskshare run --jobs ${JOBS:-1} domain-stream --method $M --limit 5000 --seed 0,1,2 --grid lr=0.1,0.03,0.01 \
     --grid ewc.lambda=100,1000,10000 --grid lwf.alpha=0.5,1,2 --quiet --resume --out "$OUT/domain-stream-3seeds"
 }
 for step in "${@:-permuted domain}"; do for s in $step; do $s; done; done

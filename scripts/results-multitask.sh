@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-TS=.venv/bin/taskshare
+TS=".venv/bin/taskshare"
 M=stl,ew,uw,dwa,gradnorm,pcgrad,mgda,cagrad,adatask,adatask+pcgrad
 COMMON="--set optimizer=adam --set lr=0.001 --set batch_size=128"
 epochs() { case $1 in synthetic-imbalanced) echo 30;; multimnist) echo 8;; adult) echo 8;; clothing-reviews) echo 30;; esac; }
@@ -18,12 +18,12 @@ grid() {
     clothing-reviews) echo lr=0.01,0.003,0.001,0.0003,0.0001;; *) echo lr=0.01,0.003,0.001,0.0003;; esac
 }
 bench() {
-  $TS run "$1" --method $M --epochs "$(epochs "$1")" $COMMON --seed 0,1,2 --grid "$(grid "$1")" \
+  $TS run --jobs ${JOBS:-1} "$1" --method $M --epochs "$(epochs "$1")" $COMMON --seed 0,1,2 --grid "$(grid "$1")" \
     --quiet --resume --out "runs/results/mt-3seeds/$1"
 }
 au() {  # AU (task dominance per shared layer) under Adam (ew) and AdaTask on the synthetic benchmark, seed 0:
   # writes runs/results/mt-au/synthetic-imbalanced/{ew,adatask}/au.png and au_compare.png
-  $TS run synthetic-imbalanced --method ew,adatask --epochs 30 $COMMON --seed 0 \
+  $TS run --jobs ${JOBS:-1} synthetic-imbalanced --method ew,adatask --epochs 30 $COMMON --seed 0 \
     --set ew.record_au=true --set adatask.record_au=true --quiet --resume --out runs/results/mt-au/synthetic-imbalanced
 }
 for step in "${@:-synthetic-imbalanced adult clothing-reviews multimnist au}"; do

@@ -14,11 +14,11 @@ OUT=${OUT:-runs/results/par-long-presets}
 LONG="--epochs 10 --set batch_size=32 --set benchmark.n_large=1000 --set benchmark.n_small=25
       --set benchmark.val_fraction=0.3333 --set benchmark.max_eval=200 --set benchmark.n_tasks=20"
 official() {
-  .venv/bin/taskshare run ctrl-s-long --method par $LONG --set par.preset=official --set par.channels=16 \
+  .venv/bin/taskshare run --jobs ${JOBS:-1} ctrl-s-long --method par $LONG --set par.preset=official --set par.channels=16 \
     --set par.search_epochs=-1 --seed 0,1,2 --quiet --resume --out "$OUT/official"
 }
 paper() {
-  .venv/bin/taskshare run ctrl-s-long --method par $LONG --set par.preset=paper --set par.channels=16 --set par.search_epochs=-1 --seed 0 --quiet --resume \
+  .venv/bin/taskshare run --jobs ${JOBS:-1} ctrl-s-long --method par $LONG --set par.preset=paper --set par.channels=16 --set par.search_epochs=-1 --seed 0 --quiet --resume \
     --out "$OUT/paper"
 }
 for step in "${@:-official paper}"; do for s in $step; do $s; done; done

@@ -16,23 +16,23 @@ OUT=${OUT:-runs/results/par-same-arch}
 CTRL="--epochs 10 --set batch_size=32 --set benchmark.n_large=1000 --set benchmark.n_small=200
       --set benchmark.val_fraction=0.3333 --set benchmark.max_eval=1000 --set model=par-cell --seed 0,1,2"
 ctrl-s-pl() {
-  .venv/bin/taskshare run ctrl-s-pl --method par,expert-per-task,finetune,lwf,ewc $CTRL --grid ewc.lambda=10,1000 \
+  .venv/bin/taskshare run --jobs ${JOBS:-1} ctrl-s-pl --method par,expert-per-task,finetune,lwf,ewc $CTRL --grid ewc.lambda=10,1000 \
     --quiet --resume --out "$OUT/ctrl-s-pl" || echo "ewc diverged with both lambdas at lr 0.01 (see ewc-low-lr)"
 }
 ctrl-s-minus() {
-  .venv/bin/taskshare run ctrl-s-minus --method par,expert-per-task,finetune,lwf $CTRL --quiet --resume \
+  .venv/bin/taskshare run --jobs ${JOBS:-1} ctrl-s-minus --method par,expert-per-task,finetune,lwf $CTRL --quiet --resume \
     --out "$OUT/ctrl-s-minus"
 }
 ewc-low-lr() {  # EWC diverged at lr 0.01 with both lambdas on S_pl: lower lrs, one process per lambda (two cores);
   # each picks its lr on validation, then the lambda with the better chosen mean validation accuracy is reported
   for lam in 10 1000; do
-    .venv/bin/taskshare run ctrl-s-pl --method ewc $CTRL --set ewc.lambda=$lam --grid lr=0.003,0.001 --quiet \
+    .venv/bin/taskshare run --jobs ${JOBS:-1} ctrl-s-pl --method ewc $CTRL --set ewc.lambda=$lam --grid lr=0.003,0.001 --quiet \
       --resume --out "$OUT/ctrl-s-pl-ewc-lambda-$lam" || echo "ewc lambda $lam diverged at every lr" &
   done
   wait
 }
 ewc-s-minus() {  # EWC on S^- at lambda 10 (lambda 1000 diverged at every lr on S_pl), its lr chosen on validation
-  .venv/bin/taskshare run ctrl-s-minus --method ewc $CTRL --set ewc.lambda=10 --grid lr=0.003,0.001 --quiet --resume \
+  .venv/bin/taskshare run --jobs ${JOBS:-1} ctrl-s-minus --method ewc $CTRL --set ewc.lambda=10 --grid lr=0.003,0.001 --quiet --resume \
     --out "$OUT/ctrl-s-minus-ewc-lambda-10"
 }
 for step in "${@:-ctrl-s-pl ctrl-s-minus ewc-low-lr ewc-s-minus}"; do for s in $step; do $s; done; done

@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-TS=".venv/bin/taskshare run --seed 0,1,2 --quiet --resume"
+TS=".venv/bin/taskshare run --jobs ${JOBS:-1} --seed 0,1,2 --quiet --resume"
 OUT=${OUT:-runs/results/par}
 CTRL="--epochs 10 --set batch_size=32 --set benchmark.n_large=1000 --set benchmark.n_small=200
       --set benchmark.val_fraction=0.3333 --set benchmark.max_eval=1000"
@@ -36,7 +36,7 @@ units() {  # beyond the paper: allocate a model patch or a TAPS delta set on the
   done
 }
 foundation() {  # split-MNIST with the protocol and lr grid of the lifelong-baseline table (scripts/results-split-mnist.sh)
-  .venv/bin/taskshare run split-mnist --seed 0,1,2 --quiet --resume --method par \
+  .venv/bin/taskshare run --jobs ${JOBS:-1} split-mnist --seed 0,1,2 --quiet --resume --method par \
     --grid lr=0.1,0.03,0.01 --out runs/results/split-mnist-par
 }
 long() {  # 20 tasks (25 training samples, or 1,000 with probability 0.1), test capped at 200 per task; PAR's

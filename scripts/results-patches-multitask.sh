@@ -6,6 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/results/patches-multitask}
-.venv/bin/taskshare run transfer-images --method scale-bias+head,patches-multitask --limit 1000 --epochs 3 \
+.venv/bin/taskshare run --jobs ${JOBS:-1} transfer-images --method scale-bias+head,patches-multitask --limit 1000 --epochs 3 \
   --seed 0,1,2 --set batch_size=64 --set benchmark.max_eval=1000 --set patches-multitask.kinds=scale-bias+head \
   --grid lr=0.01,0.003 --quiet --resume --out "$OUT"

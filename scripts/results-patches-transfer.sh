@@ -10,5 +10,5 @@ cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 OUT=${OUT:-runs/results/patches-transfer}
 IMG="--limit 1000 --epochs 3 --set batch_size=64 --set benchmark.max_eval=1000 --set model=mobilenetv2"
-.venv/bin/taskshare run transfer-images --method head,scale-bias+head,depthwise+head,scale-bias+depthwise+head \
+.venv/bin/taskshare run --jobs ${JOBS:-1} transfer-images --method head,scale-bias+head,depthwise+head,scale-bias+depthwise+head \
   $IMG --seed 0,1,2 --grid lr=0.03,0.01,0.003,0.001 --quiet --resume --out "$OUT"

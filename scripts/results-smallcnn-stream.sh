@@ -11,6 +11,6 @@ cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 OUT=${OUT:-runs/results/smallcnn-stream}
 LIFE="--limit 2000 --epochs 3 --set batch_size=64 --set model=cnn --seed 0,1,2 --quiet --resume"
-.venv/bin/taskshare run domain-stream --method head,scale-bias+head,full $LIFE --grid lr=0.03,0.01,0.003 --out "$OUT"
-.venv/bin/taskshare run domain-stream --method taps $LIFE --set taps.backbone=first-task --set taps.penalty=official \
+.venv/bin/taskshare run --jobs ${JOBS:-1} domain-stream --method head,scale-bias+head,full $LIFE --grid lr=0.03,0.01,0.003 --out "$OUT"
+.venv/bin/taskshare run --jobs ${JOBS:-1} domain-stream --method taps $LIFE --set taps.backbone=first-task --set taps.penalty=official \
   --set taps.bn_samples=2000 --grid taps.lambda=0.5,2,8 --out "$OUT-taps"

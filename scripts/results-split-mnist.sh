@@ -7,5 +7,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/results/split-mnist-3seeds}
-.venv/bin/taskshare run split-mnist --method finetune,ewc,lwf,expert-per-task,joint --seed 0,1,2 \
+.venv/bin/taskshare run --jobs ${JOBS:-1} split-mnist --method finetune,ewc,lwf,expert-per-task,joint --seed 0,1,2 \
   --grid lr=0.1,0.03,0.01 --grid ewc.lambda=100,1000,10000 --grid lwf.alpha=0.5,1,2 --quiet --resume --out "$OUT"

@@ -14,9 +14,9 @@ OUT=${OUT:-runs/results/taps-lambda}
 IMG="--limit 1000 --epochs 3 --set batch_size=64 --set benchmark.max_eval=1000 --set model=mobilenetv2"
 # Usage: scripts/results-taps-lambda.sh [runs|tables ...]   (default: both)
 runs() {
-  .venv/bin/taskshare run transfer-images --method taps $IMG --set taps.backbone=model --set taps.penalty=official \
+  .venv/bin/taskshare run --jobs ${JOBS:-1} transfer-images --method taps $IMG --set taps.backbone=model --set taps.penalty=official \
     --set taps.bn_samples=1000 --seed 0,1,2 --grid taps.lambda=0.5,2,8 --quiet --resume --out "$OUT"
-  .venv/bin/taskshare run transfer-images --method full $IMG --seed 0,1,2 --grid lr=0.01,0.003 --quiet --resume \
+  .venv/bin/taskshare run --jobs ${JOBS:-1} transfer-images --method full $IMG --seed 0,1,2 --grid lr=0.01,0.003 --quiet --resume \
     --out "$OUT"
 }
 tables() {  # every grid setting: mean ± std test and validation accuracy, active layers and parameters per task

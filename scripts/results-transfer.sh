@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 OUT=${OUT:-runs/results/transfer}
 # transfer-text: 800 samples per task (200 test, 60 validation), all 540 training samples
-TS=".venv/bin/taskshare run transfer-text --epochs 3 --set batch_size=16 --seed 0,1,2 --quiet --resume"
+TS=".venv/bin/taskshare run --jobs ${JOBS:-1} transfer-text --epochs 3 --set batch_size=16 --seed 0,1,2 --quiet --resume"
 HIGH="--grid lr=0.1,0.03,0.01,0.003"
 LOW="--grid lr=0.01,0.003,0.001"
 

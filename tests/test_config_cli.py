@@ -64,6 +64,10 @@ def test_cli_run_list_and_report(tmp_path, capsys):
     assert main(["list"]) == 0
     listing = capsys.readouterr().out
     assert "split-mnist" in listing and "expert-per-task" in listing
+    assert [line for line in listing.splitlines() if not line.startswith(" ")] == [
+        "benchmarks:", "methods (--method):", "multi-task benchmarks (one input, several outputs):",
+        "multi-task methods (--method, with a multi-task benchmark):"]
+    assert "  adatask " in listing and "  synthetic-imbalanced " in listing
     out = tmp_path / "out"
     code = main(["run", "digits-tiny", "--method", "finetune,expert-per-task", "--epochs", "1", "--limit", "50",
                  "--quiet", "--out", str(out), "--set", "benchmark.n_tasks=2"])

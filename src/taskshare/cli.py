@@ -1,8 +1,8 @@
 """The `taskshare` command line.
 
     taskshare run [BENCHMARK] --method M[,M2,...] [--epochs N] [--limit N] [--seed S[,S2,...] | --seeds N] [--grid K=V,...]
-                  [--out DIR] [--config FILE] [--set key=value ...] [--resume] [--quiet] [--device cpu|cuda]
-                  [--precision fp32|bf16]
+                  [--out DIR] [--config FILE] [--set key=value ...] [--resume] [--jobs N] [--quiet]
+                  [--device cpu|cuda] [--precision fp32|bf16]
     taskshare predict RUN_OR_FOLDER INPUT... --task NAME [--task NAME ...] [--format csv|json] [--out FILE]
     taskshare export RUN_OR_FOLDER --task NAME [--format safetensors|torchscript] [--out FILE]
     taskshare list [--options METHOD]
@@ -21,6 +21,7 @@ continued with --resume.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -81,9 +82,17 @@ def _run_parser(sub) -> None:
                    help="choose KEY per method on validation (mean over seeds), e.g. --grid lr=0.1,0.01 "
                         "--grid ewc.lambda=10,100; the choice is recorded in results.json")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    r.add_argument("--jobs", "-j", type=_count, default=1, metavar="N",
+                   help="train the run's methods, seeds and --grid settings in N processes (default 1)")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-task lines")
     r.add_argument("--device", choices=("cpu", "cuda"))
     r.add_argument("--precision", choices=("fp32", "bf16"))
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give the number of processes, 1 or more")
+    return int(text)
 
 
 def _use_parsers(sub) -> None:
@@ -132,7 +141,6 @@ def _read_run_section(args) -> None:
 
 def cmd_run(args) -> int:
     import dataclasses
-    import os
 
     import torch
 
@@ -152,6 +160,8 @@ def cmd_run(args) -> int:
     if cfg.device == "cuda" and di.enabled:  # one GPU per process on a multi-GPU machine
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", di.rank)) % torch.cuda.device_count())
     out = _claim_out(args, benchmark, di.is_main)
+    if args.jobs != 1:
+        _in_parallel(args, benchmark, methods, out, di, multi_output=False)
     if args.grid:
         results = _run_grid(args, benchmark, methods, out, di)
     else:
@@ -187,6 +197,43 @@ def _run_grid(args, benchmark: str, methods: list[str], out: Path, di) -> list[d
 
     return select_on_validation(run_one, methods, parse_grid(args.grid), args.seed_list, out,
                                 lambda seed: _seed_out(out, seed, args.seed_list, di.is_main))
+
+
+def _in_parallel(args, benchmark: str, methods: list[str], out: Path, di, multi_output: bool) -> None:
+    """--jobs N: the run's trainings first, in N processes (`engine.parallel`); the serial pass that follows
+    resumes them, so it only chooses on validation, tabulates and summarises."""
+    import functools
+
+    from taskshare.engine.grid import parse_grid
+    from taskshare.engine.parallel import plan_units, run_units
+
+    if di.enabled:
+        raise TaskshareError("--jobs does not combine with torchrun (which splits every batch over its "
+                             "processes): use one or the other")
+    for seed in args.seed_list:
+        _seed_out(out, seed, args.seed_list, create=True)
+    phases = plan_units(methods, args.seed_list, out, parse_grid(args.grid) if args.grid else None,
+                        reference="stl" if multi_output and args.grid else None)
+    run_units(functools.partial(_train_unit, args, benchmark, multi_output), phases, args.jobs, args.quiet)
+    args.resume = args.quiet = True   # the serial pass only collects the finished units: no line per unit
+
+
+def _train_unit(args, benchmark: str, multi_output: bool, unit) -> None:
+    """One unit of a --jobs run, in a worker process: what the serial run trains for it, where it trains it."""
+    import dataclasses
+
+    from taskshare.engine import distributed
+    from taskshare.engine.multioutput import run_multitask
+
+    trial, cfg = _trial(args, dict(unit.setting), unit.seed)
+    trial.quiet = True
+    unit.where.mkdir(parents=True, exist_ok=True)
+    if not multi_output:
+        _run_lifelong(trial, benchmark, [unit.method], cfg, unit.where, distributed.init_from_env())
+        return
+    stl = None if unit.reference is None else run_multitask(   # the seed's Δm reference, trained in phase 1
+        benchmark, "stl", dataclasses.replace(_config(args), seed=unit.seed), unit.reference, resume=True)
+    run_multitask(benchmark, unit.method, cfg, unit.where, resume=args.resume, quiet=True, stl=stl)
 
 
 def _seed_out(out: Path, seed: int, seeds: list[int], create: bool) -> Path:
@@ -301,6 +348,8 @@ def _run_multitask(args, benchmark: str) -> int:
     cfg = _config(args)
     di = distributed.init_from_env()
     out = _claim_out(args, benchmark, di.is_main)
+    if args.jobs != 1:
+        _in_parallel(args, benchmark, methods, out, di, multi_output=True)
     if args.grid:
         results = _multitask_grid(args, benchmark, methods, cfg, out, di)
     else:
@@ -339,50 +388,10 @@ def _multitask_grid(args, benchmark: str, methods: list[str], cfg, out: Path, di
     return ([stl[s] for s in args.seed_list] if "stl" in methods else []) + chosen
 
 
-def _list_options(method: str) -> int:
-    from taskshare.config import describe_options
-    from taskshare.methods import METHODS
-    from taskshare.methods.multioutput.options import OPTION_HELP, multitask_method_options
-
-    multi = multitask_method_options()
-    if method not in METHODS and method not in multi:
-        raise TaskshareError(f"unknown method {method!r}: choose from {', '.join([*METHODS, *multi])} "
-                             "(taskshare list)")
-    setting = "lifelong (task streams)" if method in METHODS else "multi-output (one input, several outputs)"
-    cls = METHODS[method].Options if method in METHODS else multi[method]
-    rows = describe_options(cls, None if method in METHODS else OPTION_HELP)
-    print(f"{method}: a {setting} method; set with --set {method}.OPTION=VALUE")
-    for name, tp, default, meaning in rows:
-        print(f"  {name:<16} {tp:<8} default {default!r:<14} {meaning}")
-    if not rows:
-        print("  (no options)")
-    return 0
-
-
 def cmd_list(args) -> int:
-    from taskshare.data import BENCHMARKS, USER_BENCHMARKS
-    from taskshare.methods import METHODS
+    from taskshare.engine.catalog import catalog_text, options_text
 
-    if args.options:
-        return _list_options(args.options)
-
-    print("benchmarks:")
-    for name, spec in BENCHMARKS.items():
-        print(f"  {name:<22} {spec.description}")
-    for pattern, desc in USER_BENCHMARKS.items():
-        print(f"  {pattern:<22} {desc}")
-    print("methods (--method):")
-    for name, cls in METHODS.items():
-        print(f"  {name:<22} {cls.description}")
-    from taskshare.data.multioutput import MULTITASK_BENCHMARKS
-    from taskshare.methods.multioutput.options import MULTITASK_METHODS
-
-    print("multi-task benchmarks (one input, several outputs):")
-    for name, spec in MULTITASK_BENCHMARKS.items():
-        print(f"  {name:<22} {spec.description}")
-    print("multi-task methods (--method, with a multi-task benchmark):")
-    for name, desc in MULTITASK_METHODS.items():
-        print(f"  {name:<22} {desc}")
+    print(options_text(args.options) if args.options else catalog_text())
     return 0
 
 
@@ -461,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     except TaskshareError as e:
         print(f"taskshare: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader stopped early (taskshare list | head): nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as e:  # the OS refused mid-run (disk full, read-only, ...): what was written is kept
         where = f" writing {e.filename}" if e.filename else ""
         print(f"taskshare: error: {_one_line(e.strerror or e)}{where}: free space or choose another --out; "

@@ -24,7 +24,7 @@ from taskshare.core.paths import safe_name
 from taskshare.core.serialize import atomic_write_json, read_json
 from taskshare.errors import ConfigError, TrainingError
 
-__all__ = ["parse_grid", "select_on_validation"]
+__all__ = ["combinations", "parse_grid", "select_on_validation", "setting_label"]
 
 SCORE = "val_avg"
 
@@ -53,7 +53,7 @@ def combinations(grid: dict[str, list[str]], method: str) -> list[dict[str, str]
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
 
-def _label(setting: dict[str, str]) -> str:
+def setting_label(setting: dict[str, str]) -> str:
     return safe_name(",".join(f"{k}={v}" for k, v in setting.items()) or "defaults")
 
 
@@ -67,7 +67,7 @@ def select_on_validation(run: Callable[[str, dict[str, str], int, Path], dict[st
     for method in methods:
         scores = []
         for setting in combinations(grid, method):
-            where = out / "grid" / safe_name(method) / _label(setting)
+            where = out / "grid" / safe_name(method) / setting_label(setting)
             entry: dict[str, Any] = {"setting": setting, score: None, "where": str(where.relative_to(out))}
             try:
                 res = [run(method, setting, seed, where / f"seed-{seed}") for seed in seeds]

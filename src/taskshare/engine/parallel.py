@@ -1,0 +1,101 @@
+"""`taskshare run ... --jobs N`: one run's independent trainings spread over N worker processes.
+
+A **unit** is what a serial run trains in one call: one method on one seed (``OUT/seed-S/<method>``, or
+``OUT/<method>`` for one seed), or one ``--grid`` setting of a method on one seed
+(``OUT/grid/<method>/<setting>/seed-S/<method>``). `plan_units` lists them, pure and in the serial order;
+`run_units` trains them in N spawned processes with ``threads`` torch threads each. The workers train every unit
+exactly as the serial run would (the same settings, folders and seeds), so the run then makes its usual serial
+pass with resume: it finds every unit finished and only chooses on validation, tabulates and summarises.
+Accuracy matrices equal a serial run's at the workers' thread count.
+
+A unit that fails in a worker (a diverging --grid setting, a full disk) is left to the serial pass, which
+continues it from its last checkpoint and records or reports the failure as a serial run does. On a
+multi-output benchmark with --grid, each seed's STL reference (the Δm baseline of every setting) is trained in
+a first phase, the settings in a second.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import sys
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from taskshare.core.paths import safe_name
+from taskshare.engine.grid import combinations, setting_label
+
+__all__ = ["Unit", "describe", "plan_units", "run_units"]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One training of a run: `method` on `seed` with the extra settings `setting` (a --grid combination),
+    written to `where`/<method>; `reference`: the folder of the seed's reference run (multi-output --grid)."""
+    method: str
+    seed: int
+    where: Path
+    setting: tuple[tuple[str, str], ...] = ()
+    reference: Path | None = None
+
+
+def plan_units(methods: list[str], seeds: list[int], out: Path, grid: dict[str, list[str]] | None = None,
+               reference: str | None = None) -> list[list[Unit]]:
+    """The units of a run, as phases (the units of one phase are independent; phases run in order).
+
+    Without a grid: every method on every seed, in ``OUT`` (one seed) or ``OUT/seed-S``. With one: every
+    combination of the grid keys that apply to a method, on every seed, in the folders `engine.grid` reads.
+    `reference` (multi-output --grid: ``"stl"``) is trained first on every seed at the run's own settings
+    and is not part of the grid."""
+    def seed_dir(seed: int) -> Path:
+        return out if len(seeds) == 1 else out / f"seed-{seed}"
+
+    if not grid:
+        return [[Unit(m, s, seed_dir(s)) for s in seeds for m in methods]]
+    first = [Unit(reference, s, seed_dir(s)) for s in seeds] if reference else []
+    units = [Unit(m, s, out / "grid" / safe_name(m) / setting_label(c) / f"seed-{s}", tuple(c.items()),
+                  seed_dir(s) if reference else None)
+             for m in methods if m != reference for c in combinations(grid, m) for s in seeds]
+    return [phase for phase in (first, units) if phase]
+
+
+def _start_worker(threads: int) -> None:
+    import torch
+
+    from taskshare import progress
+
+    torch.set_num_threads(threads)
+    progress.set_quiet(True)
+
+
+def run_units(train: Callable[[Unit], object], phases: list[list[Unit]], jobs: int, quiet: bool = True) -> int:
+    """Train every unit with `train` (picklable: a module-level function or a partial of one) in `jobs`
+    spawned processes, phases one after another; each process gets an equal share of this one's torch threads.
+    Returns how many units failed (their errors are the serial pass's to report)."""
+    import torch
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    if not quiet:
+        print(f"{sum(map(len, phases))} trainings in {jobs} processes of {threads} torch thread(s) each",
+              file=sys.stderr)
+    failed = 0
+    context = multiprocessing.get_context("spawn")   # no fork of a process that holds torch threads
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(threads,)) as pool:
+        try:
+            for units in phases:
+                futures = {pool.submit(train, u): u for u in units}
+                for future in as_completed(futures):
+                    error = future.exception()
+                    failed += error is not None
+                    if not quiet:
+                        print(f"  {describe(futures[future])}: "
+                              f"{'done' if error is None else 'failed (reported below)'}", file=sys.stderr)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return failed
+
+
+def describe(unit: Unit) -> str:
+    """'ewc lr=0.01 seed 1': what a unit trains."""
+    return " ".join([unit.method, *(f"{k}={v}" for k, v in unit.setting), f"seed {unit.seed}"])

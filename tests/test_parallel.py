@@ -1,0 +1,81 @@
+"""`taskshare run --jobs N`: the units of a run (engine.parallel.plan_units) and the same results as a serial run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from taskshare.cli import main
+from taskshare.engine.grid import combinations, setting_label
+from taskshare.engine.parallel import Unit, describe, plan_units
+
+
+def test_without_a_grid_every_method_runs_on_every_seed_where_the_serial_run_writes_it():
+    out = Path("o")
+    assert plan_units(["a", "b"], [7], out) == [[Unit("a", 7, out), Unit("b", 7, out)]]
+    (units,) = plan_units(["a", "b"], [0, 1], out)
+    assert [(u.method, u.seed, u.where) for u in units] == [
+        ("a", 0, out / "seed-0"), ("b", 0, out / "seed-0"), ("a", 1, out / "seed-1"), ("b", 1, out / "seed-1")]
+
+
+def test_grid_units_are_the_folders_the_grid_selection_reads():
+    out, grid = Path("o"), {"lr": ["0.1", "0.01"], "ewc.lambda": ["10", "100"]}
+    (units,) = plan_units(["finetune", "ewc"], [0, 1], out, grid)
+    assert len(units) == (2 + 4) * 2
+    for method in ("finetune", "ewc"):
+        for setting in combinations(grid, method):   # engine.grid writes OUT/grid/<method>/<label>/seed-S
+            for seed in (0, 1):
+                assert Unit(method, seed, out / "grid" / method / setting_label(setting) / f"seed-{seed}",
+                            tuple(setting.items())) in units
+    assert describe(units[-1]) == "ewc lr=0.01 ewc.lambda=100 seed 1"
+
+
+def test_multi_output_grid_trains_each_seeds_reference_first():
+    out = Path("o")
+    first, second = plan_units(["stl", "ew"], [0, 1], out, {"lr": ["0.1", "0.01"]}, reference="stl")
+    assert first == [Unit("stl", 0, out / "seed-0"), Unit("stl", 1, out / "seed-1")]
+    assert len(second) == 4 and {u.method for u in second} == {"ew"}
+    assert all(u.reference == out / f"seed-{u.seed}" for u in second)
+    (only,) = plan_units(["ew"], [3], out, {"lr": ["0.1"]}, reference="stl")[1]
+    assert only.reference == out and only.where == out / "grid" / "ew" / "lr_0.1" / "seed-3"
+
+
+def _same_results(a: Path, b: Path, key: str) -> None:
+    files = sorted(p.relative_to(a) for p in a.rglob("results.json"))
+    assert files and files == sorted(p.relative_to(b) for p in b.rglob("results.json"))
+    for f in files:
+        ra, rb = (json.loads((d / f).read_text()) for d in (a, b))
+        assert ra[key] == rb[key] and ra.get("selection") == rb.get("selection"), f
+
+
+def test_jobs_gives_the_serial_runs_results_and_choices(tmp_path, capsys):
+    argv = ["run", "digits-tiny", "-m", "finetune,ewc", "--epochs", "1", "--limit", "40", "--seed", "0,1",
+            "--set", "benchmark.n_tasks=2", "--grid", "lr=0.1,0.001", "--grid", "ewc.lambda=1,100"]
+    assert main([*argv, "--quiet", "--out", str(tmp_path / "serial")]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--jobs", "2", "--out", str(tmp_path / "jobs")]) == 0
+    err = capsys.readouterr().err
+    assert "12 trainings in 2 processes" in err and "ewc lr=0.001 ewc.lambda=100 seed 1: done" in err
+    assert "already complete" not in err   # the serial pass only collects
+    _same_results(tmp_path / "serial", tmp_path / "jobs", "acc_matrix")
+    assert (tmp_path / "jobs" / "summary.json").exists()
+
+
+def test_jobs_on_a_multi_output_grid_shares_the_serial_stl_reference(tmp_path):
+    argv = ["run", "synthetic-imbalanced", "-m", "stl,ew", "--epochs", "1", "--limit", "200", "--quiet",
+            "--set", "optimizer=adam", "--seed", "0,1", "--grid", "lr=0.01,0.001"]
+    assert main([*argv, "--out", str(tmp_path / "serial")]) == 0
+    assert main([*argv, "--jobs", "2", "--out", str(tmp_path / "jobs")]) == 0
+    _same_results(tmp_path / "serial", tmp_path / "jobs", "task_metrics")
+    res = json.loads((tmp_path / "jobs" / "seed-1" / "ew" / "results.json").read_text())
+    stl = json.loads((tmp_path / "jobs" / "seed-1" / "stl" / "results.json").read_text())
+    assert res["stl_baseline"]["task_metrics"] == stl["task_metrics"]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_jobs_must_be_a_count(value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["run", "digits-tiny", "--jobs", value, "--out", str(tmp_path / "o")])
+    assert e.value.code == 2 and "give the number of processes, 1 or more" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()   # refused before anything is written
