@@ -12,7 +12,8 @@
 # validation accuracy over the seeds from {0.01, 0.003, 0.001} (--grid; a diverging lr is recorded, not chosen).
 # Nothing is selected on test.
 # Usage: scripts/results-par.sh [lane-a|lane-b|units|foundation|long|long-variants|tables ...]   (default: all;
-# lane-a and lane-b are independent and can run in two shells at once, one core each)
+# lane-a and lane-b are independent and can run in two shells at once, one core each; JOBS=2 runs the seeds
+# and grid settings of each step two at a time)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
