@@ -237,10 +237,10 @@ def _train_unit(args, benchmark: str, multi_output: bool, unit) -> None:
 
 
 def _seed_out(out: Path, seed: int, seeds: list[int], create: bool) -> Path:
-    """Where one seed's run goes: OUT itself for one seed, OUT/seed-S for several."""
-    from taskshare.engine.outdir import prepare_out
+    """Where one seed's run goes (`engine.outdir.seed_dir`), checked writable when `create`."""
+    from taskshare.engine.outdir import prepare_out, seed_dir
 
-    path = out if len(seeds) == 1 else out / f"seed-{seed}"
+    path = seed_dir(out, seed, seeds)
     if create and path != out:
         prepare_out(path)
     return path

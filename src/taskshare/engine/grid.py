@@ -24,7 +24,7 @@ from taskshare.core.paths import safe_name
 from taskshare.core.serialize import atomic_write_json, read_json
 from taskshare.errors import ConfigError, TrainingError
 
-__all__ = ["combinations", "parse_grid", "select_on_validation", "setting_label"]
+__all__ = ["candidate_dir", "combinations", "parse_grid", "select_on_validation", "setting_label"]
 
 SCORE = "val_avg"
 
@@ -57,6 +57,11 @@ def setting_label(setting: dict[str, str]) -> str:
     return safe_name(",".join(f"{k}={v}" for k, v in setting.items()) or "defaults")
 
 
+def candidate_dir(out: Path, method: str, setting: dict[str, str]) -> Path:
+    """OUT/grid/<method>/<setting>: where a setting's runs go (OUT/grid/.../seed-S/<method>)."""
+    return out / "grid" / safe_name(method) / setting_label(setting)
+
+
 def select_on_validation(run: Callable[[str, dict[str, str], int, Path], dict[str, Any]], methods: list[str],
                          grid: dict[str, list[str]], seeds: list[int], out: Path,
                          final_dir: Callable[[int], Path], score: str = SCORE) -> list[dict[str, Any]]:
@@ -67,7 +72,7 @@ def select_on_validation(run: Callable[[str, dict[str, str], int, Path], dict[st
     for method in methods:
         scores = []
         for setting in combinations(grid, method):
-            where = out / "grid" / safe_name(method) / setting_label(setting)
+            where = candidate_dir(out, method, setting)
             entry: dict[str, Any] = {"setting": setting, score: None, "where": str(where.relative_to(out))}
             try:
                 res = [run(method, setting, seed, where / f"seed-{seed}") for seed in seeds]

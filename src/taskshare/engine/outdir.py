@@ -23,6 +23,11 @@ LOCK = ".lock"
 MIN_FREE_BYTES = 16 << 20
 
 
+def seed_dir(out: Path, seed: int, seeds: list[int]) -> Path:
+    """Where one seed's run goes: OUT itself for one seed, OUT/seed-S for several."""
+    return out if len(seeds) == 1 else out / f"seed-{seed}"
+
+
 def default_out(benchmark: str) -> Path:
     """runs/<benchmark as a safe, short name>."""
     return Path("runs") / safe_name(benchmark)

@@ -3,8 +3,8 @@
 A **unit** is what a serial run trains in one call: one method on one seed (``OUT/seed-S/<method>``, or
 ``OUT/<method>`` for one seed), or one ``--grid`` setting of a method on one seed
 (``OUT/grid/<method>/<setting>/seed-S/<method>``). `plan_units` lists them, pure and in the serial order;
-`run_units` trains them in N spawned processes with ``threads`` torch threads each. The workers train every unit
-exactly as the serial run would (the same settings, folders and seeds), so the run then makes its usual serial
+`run_units` trains them in N spawned processes, each with its share of the torch threads. The workers train
+every unit exactly as the serial run would (the same settings, folders and seeds), so the run then makes its usual serial
 pass with resume: it finds every unit finished and only chooses on validation, tabulates and summarises.
 Accuracy matrices equal a serial run's at the workers' thread count.
 
@@ -22,8 +22,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from taskshare.core.paths import safe_name
-from taskshare.engine.grid import combinations, setting_label
+from taskshare.engine.grid import candidate_dir, combinations
+from taskshare.engine.outdir import seed_dir
 
 __all__ = ["Unit", "describe", "plan_units", "run_units"]
 
@@ -47,14 +47,11 @@ def plan_units(methods: list[str], seeds: list[int], out: Path, grid: dict[str, 
     combination of the grid keys that apply to a method, on every seed, in the folders `engine.grid` reads.
     `reference` (multi-output --grid: ``"stl"``) is trained first on every seed at the run's own settings
     and is not part of the grid."""
-    def seed_dir(seed: int) -> Path:
-        return out if len(seeds) == 1 else out / f"seed-{seed}"
-
     if not grid:
-        return [[Unit(m, s, seed_dir(s)) for s in seeds for m in methods]]
-    first = [Unit(reference, s, seed_dir(s)) for s in seeds] if reference else []
-    units = [Unit(m, s, out / "grid" / safe_name(m) / setting_label(c) / f"seed-{s}", tuple(c.items()),
-                  seed_dir(s) if reference else None)
+        return [[Unit(m, s, seed_dir(out, s, seeds)) for s in seeds for m in methods]]
+    first = [Unit(reference, s, seed_dir(out, s, seeds)) for s in seeds] if reference else []
+    units = [Unit(m, s, candidate_dir(out, m, c) / f"seed-{s}", tuple(c.items()),
+                  seed_dir(out, s, seeds) if reference else None)
              for m in methods if m != reference for c in combinations(grid, m) for s in seeds]
     return [phase for phase in (first, units) if phase]
 
