@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for s in results-split-mnist results-foundation results-multitask results-patches-multitask \
-         results-patches-transfer results-taps-lambda results-smallcnn-stream results-transfer \
+         results-patches-transfer results-taps-lambda results-transfer-64 results-smallcnn-stream results-transfer \
          results-par-same-arch results-par-long results-par; do
   echo "== scripts/$s.sh"
   bash "scripts/$s.sh"

@@ -135,3 +135,21 @@ def test_peak_memory_is_per_run_not_per_process():
     time.sleep(0.05)
     p2 = second.stop()
     assert p1 - p2 > 100
+
+
+def test_resume_keeps_finished_runs_without_loading_their_data(stream, cfg, tmp_path):
+    """--resume over a finished run returns its results and never calls the stream builder (the collecting
+    pass of `--jobs` and of a rerun script); an unfinished method builds it once."""
+    first = run_method(stream, "finetune", cfg, tmp_path)
+    calls = []
+
+    def build():
+        calls.append(1)
+        return stream
+
+    assert run_method(build, "finetune", cfg, tmp_path, benchmark=stream.name, resume=True) == first
+    assert calls == []
+    run_method(build, "lwf", cfg, tmp_path, benchmark=stream.name, resume=True)
+    assert calls == [1]
+    with pytest.raises(TypeError, match="pass benchmark="):
+        run_method(build, "lwf", cfg, tmp_path)

@@ -69,7 +69,8 @@ def test_options_from_set_and_one_line_errors():
                             ({"tau": "0"}, "taps.tau must be > 0"),
                             ({"lambda": "-1"}, "taps.lambda must be >= 0"),
                             ({"layer_types": "[Embedding]"}, "taps.layer_types has 'Embedding'"),
-                            ({"backbone": "random"}, "taps.backbone='random' is not valid")]:
+                            ({"backbone": "random"}, "taps.backbone='random' is not valid"),
+                            ({"image_size": "4"}, "taps.image_size must be at least 8")]:
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")) as e:
             check_options(Taps.Options, values, "taps")
         assert "\n" not in str(e.value)
@@ -469,3 +470,20 @@ def test_default_warmup_is_the_official_share_so_a_default_run_applies_the_penal
     assert taps["warmup_epochs"] == 0 and taps["lambda"] == 2.0
     second = taps["tasks"][stream[1].name]   # the first task trains the random base ("first-task")
     assert second["penalty"] > 0 and 0 < second["active"] < second["layers"] == 5
+
+
+def test_image_size_sets_the_mobilenet_input_side(cfg):
+    """taps.image_size is the side MobileNetV2 resizes images to (as patches.image_size): the input the
+    convolutions see changes, and the backbone records it so an exported task rebuilds the same base."""
+    import dataclasses
+
+    small = dataclasses.replace(cfg, model="mobilenetv2-random")
+    seen = {}
+    for side in (16, 24):
+        learner = Taps(small, Taps.Options(image_size=side, backbone="model"), (1, 12, 12))
+        first = next(m for m in learner.net.modules() if isinstance(m, torch.nn.Conv2d))
+        hook = first.register_forward_hook(lambda m, i, o, side=side: seen.__setitem__(side, i[0].shape[-1]))
+        learner.net.backbone(torch.zeros(2, 1, 12, 12))
+        hook.remove()
+        assert learner.net.backbone.taskshare_builder["image_size"] == side
+    assert seen == {16: 16, 24: 24}

@@ -258,19 +258,26 @@ def _write_config(out: Path, cfg, benchmark: str, methods: list[str], seeds: lis
 
 
 def _run_lifelong(args, benchmark: str, methods: list[str], cfg, out: Path, di) -> list[dict]:
+    import functools
+
     from taskshare.data import build_benchmark
     from taskshare.engine import distributed
     from taskshare.engine.lifelong import run_method
 
-    if di.enabled and not di.is_main:
-        distributed.barrier()  # rank 0 builds first (fills data caches), the others then read them
-    stream = build_benchmark(benchmark, seed=cfg.seed, options=cfg.benchmark)
-    if di.enabled and di.is_main:
-        distributed.barrier()
     quiet = args.quiet or not di.is_main  # the same training steps on every rank; rank 0 prints and writes
-    if not quiet:
-        print(f"{benchmark}: {len(stream.tasks)} tasks ({', '.join(stream.task_names)}); "
-              f"methods {', '.join(methods)}; seed {cfg.seed}; writing to {out}", file=sys.stderr)
+
+    @functools.cache
+    def stream():  # built on first need: methods kept by --resume never load the data
+        if di.enabled and not di.is_main:
+            distributed.barrier()  # rank 0 builds first (fills data caches), the others then read them
+        built = build_benchmark(benchmark, seed=cfg.seed, options=cfg.benchmark)
+        if di.enabled and di.is_main:
+            distributed.barrier()
+        if not quiet:
+            print(f"{benchmark}: {len(built.tasks)} tasks ({', '.join(built.task_names)}); "
+                  f"methods {', '.join(methods)}; seed {cfg.seed}; writing to {out}", file=sys.stderr)
+        return built
+
     return [run_method(stream, m, cfg, out, benchmark=benchmark, resume=args.resume, quiet=quiet)
             for m in methods]
 

@@ -212,7 +212,11 @@ def _build_learner(cls, stream, tasks, cfg: RunConfig, options):
 def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benchmark: str | None = None,
                resume: bool = False, quiet: bool = True,
                on_checkpoint: Callable[[Path], None] | None = None) -> dict[str, Any]:
-    """Train `method` over `stream` and write OUT/<method>/results.json; returns the results dict."""
+    """Train `method` over `stream` and write OUT/<method>/results.json; returns the results dict.
+    `stream` may be a function that builds it (then `benchmark` names it): a finished run kept by --resume
+    then never loads the data."""
+    if callable(stream) and benchmark is None:
+        raise TypeError("run_method: pass benchmark= with a stream-building function")
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}: choose from {', '.join(METHODS)} (taskshare list)")
     cls, di = METHODS[method], ddp.info()
@@ -225,6 +229,7 @@ def run_method(stream, method: str, cfg: RunConfig, out_dir: str | Path, *, benc
     done = run.finished(lambda r: identity(r["benchmark"], r["method"], r["config"]))
     if done is not None:
         return done
+    stream = stream() if callable(stream) else stream
     tasks = [t.limit(cfg.limit, seed=cfg.seed) if cfg.limit else t for t in stream.tasks]
     if cfg.limit and cfg.limit < cfg.batch_size and not cls.offline:
         run.say(f"[{method}] warning: --limit {cfg.limit} is below the batch size {cfg.batch_size}: one "

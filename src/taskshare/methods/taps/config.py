@@ -22,6 +22,8 @@ def _check_common(o, section: str) -> None:
         raise ConfigError(f"{section}.score_init must be a finite number, got {o.score_init}")
     if o.warmup_epochs is not None and o.warmup_epochs < 0:
         raise ConfigError(f"{section}.warmup_epochs must be >= 0, got {o.warmup_epochs}")
+    if o.image_size < 8:
+        raise ConfigError(f"{section}.image_size must be at least 8, got {o.image_size}")
     if o.bn_samples < 0:
         raise ConfigError(f"{section}.bn_samples must be >= 0, got {o.bn_samples}")
     if o.accumulate < 1:
@@ -69,6 +71,8 @@ class TapsOptions:
                                          # (official 8); the leftover carries into the next epoch
     lr_schedule: str = "constant"        # constant | cosine (official-compat, sequential taps only: per-epoch
                                          # cosine over each task, last epoch at lr 0)
+    image_size: int = 32                 # model=mobilenetv2 / mobilenetv2-random: the input side images are
+                                         # resized to (what patches.image_size is for the patch methods)
 
     SECTION: ClassVar[str] = "taps"
     BACKBONES: ClassVar[tuple[str, ...]] = ("auto", "first-task", "model")

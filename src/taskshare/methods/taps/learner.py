@@ -21,11 +21,13 @@ from taskshare.models import PRETRAINED, TaskNet, build_backbone, head_logits, n
 __all__ = ["Taps", "TapsJoint", "TapsTwoStage", "taps_backbone"]
 
 
-def taps_backbone(cfg, input_shape: tuple[int, ...], seed: int) -> nn.Module:
-    """``cfg.model``: mlp/cnn/resnet18, or the model-patches backbones mobilenetv2 (ImageNet, 32 px),
-    mobilenetv2-random and minilm; ``auto`` is minilm for pre-tokenized text (2, L), else mlp/resnet18."""
+def taps_backbone(cfg, input_shape: tuple[int, ...], seed: int, image_size: int = 32) -> nn.Module:
+    """``cfg.model``: mlp/cnn/resnet18, or the model-patches backbones mobilenetv2 (ImageNet) and
+    mobilenetv2-random (both at `image_size` px) and minilm; ``auto`` is minilm for pre-tokenized text (2, L),
+    else mlp/resnet18."""
     name = "minilm" if cfg.model == "auto" and token_input(input_shape) else cfg.model
-    return build_backbone(name if name in PRETRAINED else default_model(cfg, input_shape), input_shape, seed)
+    return build_backbone(name if name in PRETRAINED else default_model(cfg, input_shape), input_shape, seed,
+                          image_size=image_size)
 
 
 class _TapsLearner(Learner):
@@ -37,7 +39,7 @@ class _TapsLearner(Learner):
         super().__init__(cfg, options if options is not None else self.Options(), input_shape)
         o = self.options
         if backbone_module is None:
-            backbone = taps_backbone(cfg, input_shape, task_seed(cfg.seed, 0, salt=1))
+            backbone = taps_backbone(cfg, input_shape, task_seed(cfg.seed, 0, salt=1), o.image_size)
         else:
             backbone = backbone_module
         if not isinstance(getattr(backbone, "out_dim", None), int):

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# RESULTS.md, "transfer-images at 64 px, 10 epochs": every patch kind, TAPS and full fine-tuning on the ImageNet
+# MobileNetV2 with images resized to 64 px (<method>.image_size=64), 1,000 training samples per task, 10 epochs,
+# batch 64, validation and test capped at 1,000 per task (fixed, stratified), seeds 0, 1, 2. TAPS as in
+# scripts/results-taps-lambda.sh (frozen pretrained base, official penalty, default warm-up, BN statistics
+# re-estimated at each task's end, lr 0.01). Each method's setting is chosen on the mean validation accuracy over
+# the seeds from its grid below (--grid; every score and the choice are in each results.json under
+# "selection"; never on test). The first value of each grid is the setting chosen at 32 px / 3 epochs
+# (scripts/results-patches-transfer.sh, scripts/results-taps-lambda.sh); the others are its neighbours.
+# Usage: scripts/results-transfer-64.sh [carried|grid|tables ...]   (default: all)
+#   carried: only the first value of each grid (the 32 px choice), 3 seeds: about 2.2 core-hours
+#   grid:    every value (the carried runs are kept by --resume): about twice that
+# JOBS=2 runs two trainings at a time; METHODS="..." runs a subset (two shells with disjoint subsets also use
+# two cores). --resume continues after a stop.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+OUT=${OUT:-runs/results/transfer-64}
+IMG="--limit 1000 --epochs 10 --set batch_size=64 --set benchmark.max_eval=1000 --set model=mobilenetv2"
+TAPS="--set taps.backbone=model --set taps.penalty=official --set taps.bn_samples=1000"
+METHODS=${METHODS:-full taps scale-bias+depthwise+head depthwise+head scale-bias+head head}   # longest first
+declare -A GRID=(
+  [head]="lr=0.03,0.1,0.01"
+  [scale-bias+head]="lr=0.003,0.01"
+  [depthwise+head]="lr=0.01,0.003"
+  [scale-bias+depthwise+head]="lr=0.003,0.01"
+  [full]="lr=0.003,0.001"
+  [taps]="taps.lambda=0.5,2"
+)
+
+one() {  # $1 = method, $2 = its grid
+  local m=$1 extra=""
+  [ "$m" = taps ] && extra=$TAPS
+  .venv/bin/taskshare run --jobs ${JOBS:-1} transfer-images --method "$m" $IMG --set "$m.image_size=64" $extra \
+    --seed 0,1,2 --grid "$2" --quiet --resume --out "$OUT/$m"
+}
+carried() { for m in $METHODS; do one "$m" "${GRID[$m]%%,*}"; done; }
+grid() { for m in $METHODS; do one "$m" "${GRID[$m]}"; done; }
+tables() {  # mean ± std per method with its choice and every candidate's validation score; TAPS's active layers
+  local dirs=()
+  for m in $METHODS; do [ -f "$OUT/$m/summary.json" ] && dirs+=("$OUT/$m"); done
+  .venv/bin/taskshare report --markdown "${dirs[@]}"
+  OUT=$OUT .venv/bin/python - <<'PY'
+import json, os
+from pathlib import Path
+for setting in sorted((Path(os.environ["OUT"]) / "taps" / "grid" / "taps").glob("*")):
+    runs = [json.loads(f.read_text()) for f in sorted(setting.glob("seed-*/taps/results.json"))]
+    share = [t["active"] / t["layers"] for r in runs for t in r["taps"]["tasks"].values()]
+    if share:
+        print(f"taps {setting.name}: {len(runs)} seeds, active layers {100 * sum(share) / len(share):.1f}% "
+              f"({100 * min(share):.0f}-{100 * max(share):.0f}% per task and seed), penalty from epoch "
+              f"{runs[0]['taps']['warmup_epochs']}")
+PY
+}
+for step in "${@:-carried grid tables}"; do
+  for s in $step; do "$s"; done
+done
