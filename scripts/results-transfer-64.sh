@@ -6,7 +6,8 @@
 # re-estimated at each task's end, lr 0.01). Each method's setting is chosen on the mean validation accuracy over
 # the seeds from its grid below (--grid; every score and the choice are in each results.json under
 # "selection"; never on test). The first value of each grid is the setting chosen at 32 px / 3 epochs
-# (scripts/results-patches-transfer.sh, scripts/results-taps-lambda.sh); the others are its neighbours.
+# (scripts/results-patches-transfer.sh, scripts/results-taps-lambda.sh); the others are its neighbours on
+# either side.
 # Usage: scripts/results-transfer-64.sh [carried|grid|tables ...]   (default: all)
 #   carried: only the first value of each grid (the 32 px choice), 3 seeds: about 2.2 core-hours
 #   grid:    every value (the carried runs are kept by --resume): about twice that
@@ -21,11 +22,11 @@ TAPS="--set taps.backbone=model --set taps.penalty=official --set taps.bn_sample
 METHODS=${METHODS:-full taps scale-bias+depthwise+head depthwise+head scale-bias+head head}   # longest first
 declare -A GRID=(
   [head]="lr=0.03,0.1,0.01"
-  [scale-bias+head]="lr=0.003,0.01"
-  [depthwise+head]="lr=0.01,0.003"
-  [scale-bias+depthwise+head]="lr=0.003,0.01"
-  [full]="lr=0.003,0.001"
-  [taps]="taps.lambda=0.5,2"
+  [scale-bias+head]="lr=0.003,0.01,0.001"
+  [depthwise+head]="lr=0.01,0.03,0.003"
+  [scale-bias+depthwise+head]="lr=0.003,0.01,0.001"
+  [full]="lr=0.003,0.01,0.001"
+  [taps]="taps.lambda=0.5,2,0.125"
 )
 
 one() {  # $1 = method, $2 = its grid
