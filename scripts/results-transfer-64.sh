@@ -37,20 +37,40 @@ one() {  # $1 = method, $2 = its grid
 }
 carried() { for m in $METHODS; do one "$m" "${GRID[$m]%%,*}"; done; }
 grid() { for m in $METHODS; do one "$m" "${GRID[$m]}"; done; }
-tables() {  # mean ± std per method with its choice and every candidate's validation score; TAPS's active layers
+tables() {  # per method: its choice, per-task test accuracy (mean over seeds), avg ± std, parameters and bytes
+  # per task; every candidate's validation score (taskshare report); TAPS's active layers per lambda
   local dirs=()
   for m in $METHODS; do [ -f "$OUT/$m/summary.json" ] && dirs+=("$OUT/$m"); done
-  .venv/bin/taskshare report --markdown "${dirs[@]}"
-  OUT=$OUT .venv/bin/python - <<'PY'
-import json, os
+  .venv/bin/taskshare report --markdown --plots "$OUT/plots" "${dirs[@]}"
+  OUT=$OUT METHODS=$METHODS .venv/bin/python - <<'PY'
+import json, os, statistics as st
 from pathlib import Path
-for setting in sorted((Path(os.environ["OUT"]) / "taps" / "grid" / "taps").glob("*")):
+out = Path(os.environ["OUT"])
+header = False
+for m in reversed(os.environ["METHODS"].split()):
+    runs = [json.loads(f.read_text()) for f in sorted((out / m).glob(f"seed-*/{m}/results.json"))]
+    if not runs:
+        continue
+    if not header:
+        print(f"| method | chosen on val | {' | '.join(runs[0]['tasks'])} | avg test acc (%) | new params/task "
+              "| artifact/task | seeds |")
+        header = True
+    last = [[100 * v for v in r["acc_matrix"][-1]] for r in runs]
+    per_task = " | ".join(f"{st.mean(col):.1f}" for col in zip(*last))
+    avg = [100 * r["avg_acc"] for r in runs]
+    added = st.mean(n for r in runs for n in r["params"]["added_per_task"])
+    kb = st.mean(b for r in runs for b in r["artifact_bytes"].values()) / 1024
+    chosen = ", ".join(f"{k} {v}" for k, v in runs[0]["selection"]["chosen"].items())
+    print(f"| {m} | {chosen} | {per_task} | {st.mean(avg):.2f} ± {st.stdev(avg) if len(avg) > 1 else 0:.2f} "
+          f"| {added:,.0f} | {kb:,.0f} KB | {len(runs)} |")
+for setting in sorted((out / "taps" / "grid" / "taps").glob("*")):
     runs = [json.loads(f.read_text()) for f in sorted(setting.glob("seed-*/taps/results.json"))]
     share = [t["active"] / t["layers"] for r in runs for t in r["taps"]["tasks"].values()]
     if share:
-        print(f"taps {setting.name}: {len(runs)} seeds, active layers {100 * sum(share) / len(share):.1f}% "
-              f"({100 * min(share):.0f}-{100 * max(share):.0f}% per task and seed), penalty from epoch "
-              f"{runs[0]['taps']['warmup_epochs']}")
+        added = [n for r in runs for n in r["params"]["added_per_task"]]
+        print(f"taps {setting.name}: {len(runs)} seeds, active layers {100 * st.mean(share):.1f}% "
+              f"({100 * min(share):.0f}-{100 * max(share):.0f}% per task and seed), new params/task "
+              f"{st.mean(added):,.0f}, penalty from epoch {runs[0]['taps']['warmup_epochs']}")
 PY
 }
 for step in "${@:-carried grid tables}"; do
