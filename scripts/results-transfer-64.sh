@@ -9,8 +9,9 @@
 # (scripts/results-patches-transfer.sh, scripts/results-taps-lambda.sh); the others are its neighbours on
 # either side.
 # Usage: scripts/results-transfer-64.sh [carried|grid|tables ...]   (default: all)
-#   carried: only the first value of each grid (the 32 px choice), 3 seeds: about 2.2 core-hours
-#   grid:    every value (the carried runs are kept by --resume): about twice that
+#   carried: only the first value of each grid (the 32 px choice), 3 seeds: about 1.7 core-hours
+#   grid:    every value (the carried runs are kept by --resume): about 5 core-hours in all
+#   (measured on a loaded 2-core Xeon: 2-8 minutes per run, full fine-tuning and TAPS the longest)
 # JOBS=2 runs two trainings at a time; METHODS="..." runs a subset (two shells with disjoint subsets also use
 # two cores). --resume continues after a stop.
 set -euo pipefail
