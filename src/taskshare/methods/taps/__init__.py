@@ -70,8 +70,9 @@ the folded weights of `merged_model`, so exported, merged and trained outputs ag
   norms from the first task's (the analogue of pretrained BN statistics). This is the official two-stage idea
   with a one-task first stage.
   ``model``: the backbone as built (``--set model=...``; random for mlp/cnn/resnet18, pretrained for
-  ``model=mobilenetv2`` (ImageNet, at ``taps.image_size`` px, default 32) or ``minilm`` (also chosen by ``auto`` for pre-tokenized text), or
-  the module passed as ``backbone_module=``) is the frozen base from the first task.
+  ``model=mobilenetv2`` (ImageNet, at ``taps.image_size`` px, default 32) or ``minilm`` (also chosen by
+  ``auto`` for pre-tokenized text), or the module passed as ``backbone_module=``) is the frozen base from the
+  first task.
 - ``taps-joint`` (paper's joint multi-task variant; offline): the shared base is trained with all tasks
   together with every task's deltas, scores, norms and head. Each mixed batch is split by task, one forward
   per task (its tensors activated); the loss is the sum of the per-task mean cross-entropies plus each
