@@ -21,18 +21,11 @@ runs() {
 }
 tables() {  # every grid setting: mean ± std test and validation accuracy, active layers and parameters per task
   .venv/bin/taskshare report --plots "$OUT/plots" "$OUT"/grid/taps/* "$OUT"/grid/full/*
+  .venv/bin/python scripts/taps_active_layers.py "$OUT/grid/taps"
   OUT=$OUT .venv/bin/python - <<'PY'
-import json, os, statistics as st
+import json, os
 from pathlib import Path
 out = Path(os.environ["OUT"])
-for setting in sorted((out / "grid" / "taps").iterdir()):
-    runs = [json.loads(f.read_text()) for f in sorted(setting.glob("seed-*/taps/results.json"))]
-    tasks = [v for r in runs for v in r["taps"]["tasks"].values()]
-    active = [v["active"] / v["layers"] for v in tasks]
-    added = [n for r in runs for n in r["params"]["added_per_task"]]
-    print(f"{setting.name}: {len(runs)} seeds, active layers {100 * st.mean(active):.1f}% of {tasks[0]['layers']} "
-          f"(per task {100 * min(active):.0f}-{100 * max(active):.0f}%), new params/task {st.mean(added):,.0f}, "
-          f"penalty from epoch {runs[0]['taps']['warmup_epochs']}")
 for method in ("taps", "full"):
     sel = json.loads((out / "seed-0" / method / "results.json").read_text())["selection"]
     print(method, "chosen on validation:", sel["chosen"], "scores:", sel["scores"])

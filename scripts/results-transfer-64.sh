@@ -64,15 +64,8 @@ for m in reversed(os.environ["METHODS"].split()):
     chosen = ", ".join(f"{k} {v}" for k, v in runs[0]["selection"]["chosen"].items())
     print(f"| {m} | {chosen} | {per_task} | {st.mean(avg):.2f} ± {st.stdev(avg) if len(avg) > 1 else 0:.2f} "
           f"| {added:,.0f} | {kb:,.0f} KB | {len(runs)} |")
-for setting in sorted((out / "taps" / "grid" / "taps").glob("*")):
-    runs = [json.loads(f.read_text()) for f in sorted(setting.glob("seed-*/taps/results.json"))]
-    share = [t["active"] / t["layers"] for r in runs for t in r["taps"]["tasks"].values()]
-    if share:
-        added = [n for r in runs for n in r["params"]["added_per_task"]]
-        print(f"taps {setting.name}: {len(runs)} seeds, active layers {100 * st.mean(share):.1f}% "
-              f"({100 * min(share):.0f}-{100 * max(share):.0f}% per task and seed), new params/task "
-              f"{st.mean(added):,.0f}, penalty from epoch {runs[0]['taps']['warmup_epochs']}")
 PY
+  if [ -d "$OUT/taps/grid/taps" ]; then .venv/bin/python scripts/taps_active_layers.py "$OUT/taps/grid/taps"; fi
 }
 for step in "${@:-carried grid tables}"; do
   for s in $step; do "$s"; done
