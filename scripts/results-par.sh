@@ -59,7 +59,8 @@ import json, os
 from pathlib import Path
 
 short = {"reuse": "R", "allocate": "A", "allocate-search": "S"}
-for f in sorted(Path(os.environ["OUT"]).glob("*/seed-*/par/results.json")):
+for f in sorted([*Path(os.environ["OUT"]).glob("*/seed-*/par/results.json"),
+                 *Path("runs/results/split-mnist-par").glob("seed-*/par/results.json")]):
     dec = json.loads(f.read_text()).get("decisions") or []
     codes = " ".join(short.get(d["action"], d["action"]) + ("" if d.get("expert") is None else str(d["expert"]))
                      + ("" if d.get("unit") in (None, "expert") else f"/{d['unit']}") for d in dec)
