@@ -19,6 +19,7 @@ cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 TS=".venv/bin/taskshare run --jobs ${JOBS:-1} --seed 0,1,2 --quiet --resume"
 OUT=${OUT:-runs/results/par}
+SPLIT_MNIST=${SPLIT_MNIST:-runs/results/split-mnist-par}   # the foundation step's folder
 CTRL="--epochs 10 --set batch_size=32 --set benchmark.n_large=1000 --set benchmark.n_small=200
       --set benchmark.val_fraction=0.3333 --set benchmark.max_eval=1000"
 M=par,finetune,lwf,expert-per-task,joint
@@ -38,7 +39,7 @@ units() {  # beyond the paper: allocate a model patch or a TAPS delta set on the
 }
 foundation() {  # split-MNIST with the protocol and lr grid of the lifelong-baseline table (scripts/results-split-mnist.sh)
   .venv/bin/taskshare run --jobs ${JOBS:-1} split-mnist --seed 0,1,2 --quiet --resume --method par \
-    --grid lr=0.1,0.03,0.01 --out runs/results/split-mnist-par
+    --grid lr=0.1,0.03,0.01 --out "$SPLIT_MNIST"
 }
 long() {  # 20 tasks (25 training samples, or 1,000 with probability 0.1), test capped at 200 per task; PAR's
   # presets on S_long are scripts/results-par-long.sh
@@ -51,16 +52,16 @@ long-variants() {  # PAR on S_long with the official few-shot override (N <= 25:
   $TS ctrl-s-long --method par $LONG --set par.loo=true --out $OUT/ctrl-s-long-loo
 }
 tables() {  # mean ± std over the seeds (taskshare report), then PAR's decisions and relatedness per seed
-  for d in $OUT/*/ runs/results/split-mnist-par/; do
+  for d in $OUT/*/ "$SPLIT_MNIST"/; do
     [ -f "$d/summary.json" ] && .venv/bin/taskshare report "$d" --markdown
   done
-  OUT=$OUT .venv/bin/python - <<'PY'
+  OUT=$OUT SPLIT_MNIST=$SPLIT_MNIST .venv/bin/python - <<'PY'
 import json, os
 from pathlib import Path
 
 short = {"reuse": "R", "allocate": "A", "allocate-search": "S"}
 for f in sorted([*Path(os.environ["OUT"]).glob("*/seed-*/par/results.json"),
-                 *Path("runs/results/split-mnist-par").glob("seed-*/par/results.json")]):
+                 *Path(os.environ["SPLIT_MNIST"]).glob("seed-*/par/results.json")]):
     dec = json.loads(f.read_text()).get("decisions") or []
     codes = " ".join(short.get(d["action"], d["action"]) + ("" if d.get("expert") is None else str(d["expert"]))
                      + ("" if d.get("unit") in (None, "expert") else f"/{d['unit']}") for d in dec)
