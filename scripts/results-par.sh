@@ -28,7 +28,7 @@ M=par,finetune,lwf,expert-per-task,joint
 EWC="--method ewc --set ewc.lambda=10"
 
 # Streams where PAR's and every baseline's lr is chosen on validation (the mean over the seeds, --grid): PAR and
-# the baselines from {0.3, 0.1, 0.03, 0.01, 0.003, 0.001}, EWC (which diverges above 0.01) from {0.01, 0.003,
+# the baselines from {0.3, 0.1, 0.03, 0.01, 0.003, 0.001}, EWC (lr 0.01 diverges on S_pl) from {0.01, 0.003,
 # 0.001, 0.0003}. The other streams run PAR and the baselines at the protocol's lr 0.01 and EWC from {0.01,
 # 0.003, 0.001}: their wider grids are not run yet (RESULTS.md says which table is which).
 LR_GRID_STREAMS=${LR_GRID_STREAMS:-ctrl-s-pl}
