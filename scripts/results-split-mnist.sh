@@ -12,3 +12,6 @@ OUT=${OUT:-runs/results/split-mnist-3seeds}
 .venv/bin/taskshare run --jobs ${JOBS:-1} split-mnist --method finetune,ewc,lwf,expert-per-task,joint --seed 0,1,2 \
   --grid lr=0.3,0.1,0.03,0.01 --grid ewc.lambda=100,1000,10000,100000 --grid lwf.alpha=0.5,1,2 --quiet --resume \
   --out "$OUT"
+# joint training chose lr 0.3, the grid's top: the next step up, lr 1.0, diverges (non-finite loss in epoch 1)
+.venv/bin/taskshare run --jobs ${JOBS:-1} split-mnist --method joint --seed 0,1,2 --grid lr=1.0,0.3 --quiet --resume \
+  --out "$OUT-joint-edge"
