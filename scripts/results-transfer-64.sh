@@ -5,9 +5,11 @@
 # scripts/results-taps-lambda.sh (frozen pretrained base, official penalty, default warm-up, BN statistics
 # re-estimated at each task's end, lr 0.01). Each method's setting is chosen on the mean validation accuracy over
 # the seeds from its grid below (--grid; every score and the choice are in each results.json under
-# "selection"; never on test). The first value of each grid is the setting chosen at 32 px / 3 epochs
-# (scripts/results-patches-transfer.sh, scripts/results-taps-lambda.sh); the others are its neighbours on
-# either side.
+# "selection"; never on test). The first value of each grid is the setting chosen at 32 px / 3 epochs when
+# these grids were set (scripts/results-patches-transfer.sh, scripts/results-taps-lambda.sh; their head-only and
+# TAPS grids were widened later and now choose lr 0.3 and lambda 0 at 32 px); the others are its neighbours on
+# either side, and one more step where the choice sat on an edge (lr 0.03 for the two scale-bias patches,
+# lambda 0.03 for TAPS).
 # Usage: scripts/results-transfer-64.sh [carried|grid|tables ...]   (default: all)
 #   carried: only the first value of each grid (the 32 px choice), 3 seeds: about 1.7 core-hours
 #   grid:    every value (the carried runs are kept by --resume): about 5 core-hours in all
@@ -23,11 +25,11 @@ TAPS="--set taps.backbone=model --set taps.penalty=official --set taps.bn_sample
 METHODS=${METHODS:-full taps scale-bias+depthwise+head depthwise+head scale-bias+head head}   # longest first
 declare -A GRID=(
   [head]="lr=0.03,0.1,0.01"
-  [scale-bias+head]="lr=0.003,0.01,0.001"
+  [scale-bias+head]="lr=0.003,0.01,0.001,0.03"
   [depthwise+head]="lr=0.01,0.03,0.003"
-  [scale-bias+depthwise+head]="lr=0.003,0.01,0.001"
+  [scale-bias+depthwise+head]="lr=0.003,0.01,0.001,0.03"
   [full]="lr=0.003,0.01,0.001"
-  [taps]="taps.lambda=0.5,2,0.125"
+  [taps]="taps.lambda=0.5,2,0.125,0.03"
 )
 
 one() {  # $1 = method, $2 = its grid
