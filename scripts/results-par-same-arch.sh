@@ -38,8 +38,9 @@ ewc-s-minus() {  # EWC on S^- at lambda 10 (lambda 1000 diverged at every lr on 
 }
 lr-grid() {  # S_pl with the cell baselines' lr chosen on validation (mean over the seeds). PAR's own lr on S_pl
   # is chosen by scripts/results-par.sh ctrl-s-pl (PAR does not read `model`, so those runs are its cell runs).
-  # The grid of the other baselines (fine-tuning, LwF, EWC) has not run yet: add them to LR_GRID_METHODS.
+  # expert-per-task chose 0.003 from {0.03, 0.01, 0.003}, so 0.001 was added. The grid of the other cell
+  # baselines (fine-tuning, LwF; EWC has its own, ewc-low-lr) has not run yet: add them to LR_GRID_METHODS.
   .venv/bin/taskshare run --jobs ${JOBS:-1} ctrl-s-pl --method ${LR_GRID_METHODS:-expert-per-task} $CTRL \
-    --grid lr=0.03,0.01,0.003 --quiet --resume --out "$OUT/ctrl-s-pl-lr-grid"
+    --grid lr=0.03,0.01,0.003,0.001 --quiet --resume --out "$OUT/ctrl-s-pl-lr-grid"
 }
 for step in "${@:-ctrl-s-pl ctrl-s-minus ewc-low-lr ewc-s-minus lr-grid}"; do for s in $step; do $s; done; done
