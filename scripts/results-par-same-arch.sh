@@ -7,7 +7,8 @@
 # in each results.json; a diverging setting is recorded, not chosen). Nothing is selected on test.
 # S_pl gets every baseline; S^- (CPU time) PAR, expert-per-task, fine-tuning and LwF. EWC diverged at the protocol's
 # lr 0.01 with both lambdas, so `ewc-low-lr` reruns it on S_pl at lr 0.003 and 0.001.
-# `lr-grid` chooses the cell baselines' lr on validation on S_pl (so far expert-per-task: LR_GRID_METHODS).
+# `lr-grid` chooses the cell baselines' lr on validation on S_pl (so far expert-per-task and fine-tuning:
+# LR_GRID_METHODS).
 # Usage: scripts/results-par-same-arch.sh [ctrl-s-pl|ctrl-s-minus|ewc-low-lr|ewc-s-minus|lr-grid ...]   (default: all; each stream is
 # independent, so two shells can run one each, one core apiece). --resume continues after a stop.
 set -euo pipefail
@@ -38,9 +39,12 @@ ewc-s-minus() {  # EWC on S^- at lambda 10 (lambda 1000 diverged at every lr on 
 }
 lr-grid() {  # S_pl with the cell baselines' lr chosen on validation (mean over the seeds). PAR's own lr on S_pl
   # is chosen by scripts/results-par.sh ctrl-s-pl (PAR does not read `model`, so those runs are its cell runs).
-  # expert-per-task chose 0.003 from {0.03, 0.01, 0.003}, so 0.001 was added. The grid of the other cell
-  # baselines (fine-tuning, LwF; EWC has its own, ewc-low-lr) has not run yet: add them to LR_GRID_METHODS.
-  .venv/bin/taskshare run --jobs ${JOBS:-1} ctrl-s-pl --method ${LR_GRID_METHODS:-expert-per-task} $CTRL \
-    --grid lr=0.03,0.01,0.003,0.001 --quiet --resume --out "$OUT/ctrl-s-pl-lr-grid"
+  # expert-per-task chose 0.003 from {0.03, 0.01, 0.003}, so 0.001 was added; fine-tuning and LwF start one step
+  # higher (on the ResNet-18 they chose 0.1 or 0.03). LwF's grid has not run yet: LR_GRID_METHODS="... lwf".
+  local -A lrs=([expert-per-task]=0.03,0.01,0.003,0.001 [finetune]=0.1,0.03,0.01,0.003 [lwf]=0.1,0.03,0.01,0.003)
+  for m in ${LR_GRID_METHODS:-expert-per-task finetune}; do
+    .venv/bin/taskshare run --jobs ${JOBS:-1} ctrl-s-pl --method "$m" $CTRL --grid "lr=${lrs[$m]}" --quiet --resume \
+      --out "$OUT/ctrl-s-pl-lr-grid"
+  done
 }
 for step in "${@:-ctrl-s-pl ctrl-s-minus ewc-low-lr ewc-s-minus lr-grid}"; do for s in $step; do $s; done; done
