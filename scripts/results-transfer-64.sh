@@ -9,7 +9,7 @@
 # these grids were set (scripts/results-patches-transfer.sh, scripts/results-taps-lambda.sh; their head-only and
 # TAPS grids were widened later and now choose lr 0.3 and lambda 0 at 32 px); the others are its neighbours on
 # either side, and one more step where the choice sat on an edge (lr 0.03 for the two scale-bias patches,
-# lambda 0.03 for TAPS).
+# lambda 0.03 and then 0 for TAPS; 0.03 stays chosen).
 # Usage: scripts/results-transfer-64.sh [carried|grid|tables ...]   (default: all)
 #   carried: only the first value of each grid (the 32 px choice), 3 seeds: about 1.7 core-hours
 #   grid:    every value (the carried runs are kept by --resume): about 5 core-hours in all
@@ -29,7 +29,7 @@ declare -A GRID=(
   [depthwise+head]="lr=0.01,0.03,0.003"
   [scale-bias+depthwise+head]="lr=0.003,0.01,0.001,0.03"
   [full]="lr=0.003,0.01,0.001"
-  [taps]="taps.lambda=0.5,2,0.125,0.03"
+  [taps]="taps.lambda=0.5,2,0.125,0.03,0"
 )
 
 one() {  # $1 = method, $2 = its grid
