@@ -7,8 +7,8 @@
 # in each results.json; a diverging setting is recorded, not chosen). Nothing is selected on test.
 # S_pl gets every baseline; S^- (CPU time) PAR, expert-per-task, fine-tuning and LwF. EWC diverged at the protocol's
 # lr 0.01 with both lambdas, so `ewc-low-lr` reruns it on S_pl at lr 0.003 and 0.001.
-# `lr-grid` chooses the cell baselines' lr on validation on S_pl (so far expert-per-task and fine-tuning:
-# LR_GRID_METHODS).
+# `lr-grid` chooses the cell baselines' lr on validation on S_pl (expert-per-task, fine-tuning and LwF;
+# LR_GRID_METHODS picks a subset; EWC has its own grid, ewc-low-lr).
 # Usage: scripts/results-par-same-arch.sh [ctrl-s-pl|ctrl-s-minus|ewc-low-lr|ewc-s-minus|lr-grid ...]   (default: all; each stream is
 # independent, so two shells can run one each, one core apiece). --resume continues after a stop.
 set -euo pipefail
@@ -39,10 +39,12 @@ ewc-s-minus() {  # EWC on S^- at lambda 10 (lambda 1000 diverged at every lr on 
 }
 lr-grid() {  # S_pl with the cell baselines' lr chosen on validation (mean over the seeds). PAR's own lr on S_pl
   # is chosen by scripts/results-par.sh ctrl-s-pl (PAR does not read `model`, so those runs are its cell runs).
-  # expert-per-task chose 0.003 from {0.03, 0.01, 0.003}, so 0.001 was added; fine-tuning and LwF start one step
-  # higher (on the ResNet-18 they chose 0.1 or 0.03). LwF's grid has not run yet: LR_GRID_METHODS="... lwf".
-  local -A lrs=([expert-per-task]=0.03,0.01,0.003,0.001 [finetune]=0.1,0.03,0.01,0.003 [lwf]=0.1,0.03,0.01,0.003)
-  for m in ${LR_GRID_METHODS:-expert-per-task finetune}; do
+  # Each grid began as four values ({0.03, ..., 0.001} for expert-per-task; {0.1, ..., 0.003} for fine-tuning
+  # and LwF, which chose 0.1 or 0.03 on the ResNet-18) and gained one step where its edge was chosen: 0.001 for
+  # expert-per-task and LwF, 0.3 for fine-tuning.
+  local -A lrs=([expert-per-task]=0.03,0.01,0.003,0.001 [finetune]=0.3,0.1,0.03,0.01,0.003
+                [lwf]=0.1,0.03,0.01,0.003,0.001)
+  for m in ${LR_GRID_METHODS:-expert-per-task finetune lwf}; do
     .venv/bin/taskshare run --jobs ${JOBS:-1} ctrl-s-pl --method "$m" $CTRL --grid "lr=${lrs[$m]}" --quiet --resume \
       --out "$OUT/ctrl-s-pl-lr-grid"
   done
