@@ -39,9 +39,9 @@ ewc-s-minus() {  # EWC on S^- at lambda 10 (lambda 1000 diverged at every lr on 
 }
 lr-grid() {  # S_pl with the cell baselines' lr chosen on validation (mean over the seeds). PAR's own lr on S_pl
   # is chosen by scripts/results-par.sh ctrl-s-pl (PAR does not read `model`, so those runs are its cell runs).
-  # Each grid began as four values ({0.03, ..., 0.001} for expert-per-task; {0.1, ..., 0.003} for fine-tuning
-  # and LwF, which chose 0.1 or 0.03 on the ResNet-18) and gained one step where its edge was chosen: 0.001 for
-  # expert-per-task and LwF, 0.3 for fine-tuning.
+  # Each grid gained one step where the first grid's edge was chosen: expert-per-task's began as {0.03, 0.01,
+  # 0.003} (0.001 added), fine-tuning's and LwF's as {0.1, 0.03, 0.01, 0.003} (they chose 0.1 or 0.03 on the
+  # ResNet-18; 0.3 added for fine-tuning, 0.001 for LwF).
   local -A lrs=([expert-per-task]=0.03,0.01,0.003,0.001 [finetune]=0.3,0.1,0.03,0.01,0.003
                 [lwf]=0.1,0.03,0.01,0.003,0.001)
   for m in ${LR_GRID_METHODS:-expert-per-task finetune lwf}; do
