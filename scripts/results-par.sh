@@ -33,7 +33,7 @@ EWC="--method ewc --set ewc.lambda=10"
 # The other streams run PAR and the baselines at the protocol's lr 0.01: their wider grids are not run yet
 # (RESULTS.md says which table is which). EWC's lr from {0.01, 0.003, 0.001} everywhere, and 0.0003 on S_pl,
 # where it chose 0.001 (lr 0.01 diverges on every stream but S_long, where it is chosen and 0.03 is added).
-LR_GRID_STREAMS=${LR_GRID_STREAMS:-ctrl-s-pl ctrl-s-minus ctrl-s-plus}
+LR_GRID_STREAMS=${LR_GRID_STREAMS:-ctrl-s-pl ctrl-s-minus ctrl-s-plus ctrl-s-in}
 stream() {  # $1 = benchmark, then extra options; EWC goes to its own folder (its grid), OUT/<bench>-ewc
   local b=$1; shift
   local ewc_lrs=0.01,0.003,0.001
