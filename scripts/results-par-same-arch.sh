@@ -7,8 +7,8 @@
 # in each results.json; a diverging setting is recorded, not chosen). Nothing is selected on test.
 # S_pl gets every baseline; S^- (CPU time) PAR, expert-per-task, fine-tuning and LwF. EWC diverged at the protocol's
 # lr 0.01 with both lambdas, so `ewc-low-lr` reruns it on S_pl at lr 0.003 and 0.001.
-# `lr-grid` chooses the cell baselines' lr on validation on S_pl (expert-per-task, fine-tuning and LwF;
-# LR_GRID_METHODS picks a subset; EWC has its own grid, ewc-low-lr).
+# `lr-grid` chooses the cell baselines' lr on validation on S_pl and S^- (expert-per-task, fine-tuning and LwF;
+# EWC has its own grids, ewc-low-lr and ewc-s-minus).
 # Usage: scripts/results-par-same-arch.sh [ctrl-s-pl|ctrl-s-minus|ewc-low-lr|ewc-s-minus|lr-grid ...]   (default: all; each stream is
 # independent, so two shells can run one each, one core apiece). --resume continues after a stop.
 set -euo pipefail
@@ -37,16 +37,21 @@ ewc-s-minus() {  # EWC on S^- at lambda 10 (lambda 1000 diverged at every lr on 
   .venv/bin/taskshare run --jobs ${JOBS:-1} ctrl-s-minus --method ewc $CTRL --set ewc.lambda=10 --grid lr=0.003,0.001 --quiet --resume \
     --out "$OUT/ctrl-s-minus-ewc-lambda-10"
 }
-lr-grid() {  # S_pl with the cell baselines' lr chosen on validation (mean over the seeds). PAR's own lr on S_pl
-  # is chosen by scripts/results-par.sh ctrl-s-pl (PAR does not read `model`, so those runs are its cell runs).
-  # Each grid gained one step where the first grid's edge was chosen: expert-per-task's began as {0.03, 0.01,
-  # 0.003} (0.001 added), fine-tuning's and LwF's as {0.1, 0.03, 0.01, 0.003} (they chose 0.1 or 0.03 on the
-  # ResNet-18; 0.3 added for fine-tuning, 0.001 for LwF).
-  local -A lrs=([expert-per-task]=0.03,0.01,0.003,0.001 [finetune]=0.3,0.1,0.03,0.01,0.003
-                [lwf]=0.1,0.03,0.01,0.003,0.001)
-  for m in ${LR_GRID_METHODS:-expert-per-task finetune lwf}; do
-    .venv/bin/taskshare run --jobs ${JOBS:-1} ctrl-s-pl --method "$m" $CTRL --grid "lr=${lrs[$m]}" --quiet --resume \
-      --out "$OUT/ctrl-s-pl-lr-grid"
+lr-grid() {  # the cell baselines' lr chosen on validation (mean over the seeds), one folder per stream,
+  # OUT/<stream>-lr-grid. PAR's own lr is chosen by scripts/results-par.sh (PAR does not read `model`, so those
+  # runs are its cell runs). Each grid gained one step where S_pl's first grid chose its edge: expert-per-task's
+  # began as {0.03, 0.01, 0.003} (0.001 added), fine-tuning's and LwF's as {0.1, 0.03, 0.01, 0.003} (they chose
+  # 0.1 or 0.03 on the ResNet-18; 0.3 added for fine-tuning, 0.001 for LwF); on S^- LwF chose 0.1, its top,
+  # so 0.3 was added there. LR_GRID_METHODS and CELL_LR_GRID_STREAMS pick subsets (S^-: fine-tuning and LwF
+  # have run, expert-per-task not yet).
+  local -A lrs=([expert-per-task]=0.03,0.01,0.003,0.001 [finetune]=0.3,0.1,0.03,0.01,0.003)
+  for s in ${CELL_LR_GRID_STREAMS:-ctrl-s-pl ctrl-s-minus}; do
+    lrs[lwf]=0.1,0.03,0.01,0.003,0.001
+    [ "$s" = ctrl-s-minus ] && lrs[lwf]=0.3,${lrs[lwf]}
+    for m in ${LR_GRID_METHODS:-expert-per-task finetune lwf}; do
+      .venv/bin/taskshare run --jobs ${JOBS:-1} "$s" --method "$m" $CTRL --grid "lr=${lrs[$m]}" --quiet --resume \
+        --out "$OUT/$s-lr-grid"
+    done
   done
 }
 for step in "${@:-ctrl-s-pl ctrl-s-minus ewc-low-lr ewc-s-minus lr-grid}"; do for s in $step; do $s; done; done
