@@ -42,8 +42,7 @@ lr-grid() {  # the cell baselines' lr chosen on validation (mean over the seeds)
   # runs are its cell runs). Each grid gained one step where S_pl's first grid chose its edge: expert-per-task's
   # began as {0.03, 0.01, 0.003} (0.001 added), fine-tuning's and LwF's as {0.1, 0.03, 0.01, 0.003} (they chose
   # 0.1 or 0.03 on the ResNet-18; 0.3 added for fine-tuning, 0.001 for LwF); on S^- LwF chose 0.1, its top,
-  # so 0.3 was added there. LR_GRID_METHODS and CELL_LR_GRID_STREAMS pick subsets (S^-: fine-tuning and LwF
-  # have run, expert-per-task not yet).
+  # so 0.3 was added there. LR_GRID_METHODS and CELL_LR_GRID_STREAMS pick subsets.
   local -A lrs=([expert-per-task]=0.03,0.01,0.003,0.001 [finetune]=0.3,0.1,0.03,0.01,0.003)
   for s in ${CELL_LR_GRID_STREAMS:-ctrl-s-pl ctrl-s-minus}; do
     lrs[lwf]=0.1,0.03,0.01,0.003,0.001
