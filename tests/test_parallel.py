@@ -2,6 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -79,3 +85,46 @@ def test_jobs_must_be_a_count(value, tmp_path, capsys):
         main(["run", "digits-tiny", "--jobs", value, "--out", str(tmp_path / "o")])
     assert e.value.code == 2 and "give the number of processes, 1 or more" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()   # refused before anything is written
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")   # a re-parented zombie nobody reaps is gone too
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["killed", "interrupted"])
+def test_stopping_a_run_stops_its_workers(sig, tmp_path):
+    """A run stopped by SIGTERM (the default action: no cleanup runs) or by Ctrl-C sent to it alone leaves no
+    worker training into its folders."""
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent("""
+        import os, sys, time
+        from pathlib import Path
+        from taskshare.engine.parallel import Unit, run_units
+
+        def train(unit):
+            Path(sys.argv[1], str(os.getpid())).touch()
+            time.sleep(120)
+
+        if __name__ == "__main__":
+            run_units(train, [[Unit("a", 0, Path(".")), Unit("b", 0, Path("."))]], jobs=2)
+    """))
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    run = subprocess.Popen([sys.executable, str(script), str(pids)])
+    deadline = time.monotonic() + 60
+    while len(list(pids.iterdir())) < 2:
+        assert time.monotonic() < deadline and run.poll() is None, "the workers did not start"
+        time.sleep(0.1)
+    workers = [int(p.name) for p in pids.iterdir()]
+    run.send_signal(sig)
+    assert run.wait(timeout=30) != 0
+    deadline = time.monotonic() + 15
+    while any(map(_alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_alive, workers)), "a worker outlived its run"

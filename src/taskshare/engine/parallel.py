@@ -12,11 +12,18 @@ A unit that fails in a worker (a diverging --grid setting, a full disk) is left 
 continues it from its last checkpoint and records or reports the failure as a serial run does. On a
 multi-output benchmark with --grid, each seed's STL reference (the Δm baseline of every setting) is trained in
 a first phase, the settings in a second.
+
+Stopping the run stops its workers: on Ctrl-C or any exception the run terminates them, and a worker whose
+run was killed outright (SIGTERM, SIGKILL, a scheduler's time limit) exits within a second of noticing, so no
+orphan goes on training into the run's folders. Checkpoints are written atomically: `--resume` continues.
 """
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -56,11 +63,19 @@ def plan_units(methods: list[str], seeds: list[int], out: Path, grid: dict[str, 
     return [phase for phase in (first, units) if phase]
 
 
-def _start_worker(threads: int) -> None:
+def _exit_with(parent: int, poll_s: float) -> None:
+    """Exit this worker once `parent` is gone (this process has been re-parented)."""
+    while os.getppid() == parent:
+        time.sleep(poll_s)
+    os._exit(1)
+
+
+def _start_worker(threads: int, parent: int, poll_s: float = 1.0) -> None:
     import torch
 
     from taskshare import progress
 
+    threading.Thread(target=_exit_with, args=(parent, poll_s), daemon=True).start()
     torch.set_num_threads(threads)
     progress.set_quiet(True)
 
@@ -77,7 +92,8 @@ def run_units(train: Callable[[Unit], object], phases: list[list[Unit]], jobs: i
               file=sys.stderr)
     failed = 0
     context = multiprocessing.get_context("spawn")   # no fork of a process that holds torch threads
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
+                             initargs=(threads, os.getpid())) as pool:
         try:
             for units in phases:
                 futures = {pool.submit(train, u): u for u in units}
@@ -87,7 +103,9 @@ def run_units(train: Callable[[Unit], object], phases: list[list[Unit]], jobs: i
                     if not quiet:
                         print(f"  {describe(futures[future])}: "
                               f"{'done' if error is None else 'failed (reported below)'}", file=sys.stderr)
-        except BaseException:
+        except BaseException:   # Ctrl-C or a failure here: stop the workers now, not after their units
+            for worker in multiprocessing.active_children():
+                worker.terminate()
             pool.shutdown(wait=True, cancel_futures=True)
             raise
     return failed
