@@ -6,7 +6,9 @@
 # and the search length tied to the run's budget (par.search_epochs=-1) instead of 100 epochs; every other
 # official default applies (few-shot override, s = 0 unrelated, BN shared in transfer, best-validation state,
 # early stopping, the few-shot weight-decay rule, no BN recalibration). --resume continues after a stop.
-# Usage: scripts/results-par-long.sh [official|paper ...]   (default: both)
+# `official-lr-grid` chooses the official preset's lr on validation (mean over the seeds) from the grid of
+# the ResNet-18 baselines on S_long (scripts/results-par.sh long), {0.3, 0.1, 0.03, 0.01, 0.003, 0.001}.
+# Usage: scripts/results-par-long.sh [official|paper|official-lr-grid ...]   (default: all three)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -17,8 +19,13 @@ official() {
   .venv/bin/taskshare run --jobs ${JOBS:-1} ctrl-s-long --method par $LONG --set par.preset=official --set par.channels=16 \
     --set par.search_epochs=-1 --seed 0,1,2 --quiet --resume --out "$OUT/official"
 }
+official-lr-grid() {
+  .venv/bin/taskshare run --jobs ${JOBS:-1} ctrl-s-long --method par $LONG --set par.preset=official --set par.channels=16 \
+    --set par.search_epochs=-1 --grid lr=0.3,0.1,0.03,0.01,0.003,0.001 --seed 0,1,2 --quiet --resume \
+    --out "$OUT/official-lr-grid"
+}
 paper() {
   .venv/bin/taskshare run --jobs ${JOBS:-1} ctrl-s-long --method par $LONG --set par.preset=paper --set par.channels=16 --set par.search_epochs=-1 --seed 0 --quiet --resume \
     --out "$OUT/paper"
 }
-for step in "${@:-official paper}"; do for s in $step; do $s; done; done
+for step in "${@:-official paper official-lr-grid}"; do for s in $step; do $s; done; done
