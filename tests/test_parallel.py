@@ -122,9 +122,14 @@ def test_stopping_a_run_stops_its_workers(sig, tmp_path):
         assert time.monotonic() < deadline and run.poll() is None, "the workers did not start"
         time.sleep(0.1)
     workers = [int(p.name) for p in pids.iterdir()]
-    run.send_signal(sig)
-    assert run.wait(timeout=30) != 0
-    deadline = time.monotonic() + 15
-    while any(map(_alive, workers)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(map(_alive, workers)), "a worker outlived its run"
+    try:
+        run.send_signal(sig)
+        assert run.wait(timeout=30) != 0
+        deadline = time.monotonic() + 15
+        while any(map(_alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(map(_alive, workers)), "a worker outlived its run"
+    finally:   # an orphan left by a failure here would wait for work forever
+        run.kill()
+        for pid in filter(_alive, workers):
+            os.kill(pid, signal.SIGKILL)
