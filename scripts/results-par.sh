@@ -30,10 +30,11 @@ EWC="--method ewc --set ewc.lambda=10"
 # Streams where PAR's and every baseline's lr is chosen on validation (the mean over the seeds, --grid): PAR,
 # fine-tuning, LwF and expert-per-task from {0.3, 0.1, 0.03, 0.01, 0.003, 0.001}; joint training (the upper
 # bound, not a lifelong method) from {0.03, 0.01, 0.003} (on S_pl the six-value grid ran too and chose 0.01).
-# S_long (the `long` step) runs PAR and the baselines at the protocol's lr 0.01: its wider grid is not run yet
-# (RESULTS.md says which table is which). EWC's lr from {0.01, 0.003, 0.001} everywhere, and 0.0003 on S_pl,
-# where it chose 0.001 (lr 0.01 diverges on every stream but S_long, where it is chosen and 0.03 is added).
-LR_GRID_STREAMS=${LR_GRID_STREAMS:-ctrl-s-pl ctrl-s-minus ctrl-s-plus ctrl-s-in ctrl-s-out}
+# S_long (the `long` step) too; a list without ctrl-s-long runs it at the protocol's lr 0.01 instead (give it
+# another OUT: RESULTS.md says which S_long rows are which). EWC's lr from {0.01, 0.003, 0.001} everywhere, and
+# 0.0003 on S_pl, where it chose 0.001 (lr 0.01 diverges on every stream but S_long, where it is chosen and 0.03
+# is added).
+LR_GRID_STREAMS=${LR_GRID_STREAMS:-ctrl-s-pl ctrl-s-minus ctrl-s-plus ctrl-s-in ctrl-s-out ctrl-s-long}
 stream() {  # $1 = benchmark, then extra options; EWC goes to its own folder (its grid), OUT/<bench>-ewc
   local b=$1; shift
   local ewc_lrs=0.01,0.003,0.001
