@@ -117,12 +117,12 @@ def test_stopping_a_run_stops_its_workers(sig, tmp_path):
     pids = tmp_path / "pids"
     pids.mkdir()
     run = subprocess.Popen([sys.executable, str(script), str(pids)])
-    deadline = time.monotonic() + 60
-    while len(list(pids.iterdir())) < 2:
-        assert time.monotonic() < deadline and run.poll() is None, "the workers did not start"
-        time.sleep(0.1)
-    workers = [int(p.name) for p in pids.iterdir()]
+    workers: list[int] = []
     try:
+        deadline = time.monotonic() + 60
+        while len(workers := [int(p.name) for p in pids.iterdir()]) < 2:
+            assert time.monotonic() < deadline and run.poll() is None, "the workers did not start"
+            time.sleep(0.1)
         run.send_signal(sig)
         assert run.wait(timeout=30) != 0
         deadline = time.monotonic() + 15

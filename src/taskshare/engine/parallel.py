@@ -63,19 +63,19 @@ def plan_units(methods: list[str], seeds: list[int], out: Path, grid: dict[str, 
     return [phase for phase in (first, units) if phase]
 
 
-def _exit_with(parent: int, poll_s: float) -> None:
-    """Exit this worker once `parent` is gone (this process has been re-parented)."""
+def _exit_with(parent: int) -> None:
+    """Exit this worker once `parent` is gone (this process has been re-parented): checked every second."""
     while os.getppid() == parent:
-        time.sleep(poll_s)
+        time.sleep(1.0)
     os._exit(1)
 
 
-def _start_worker(threads: int, parent: int, poll_s: float = 1.0) -> None:
+def _start_worker(threads: int, parent: int) -> None:
     import torch
 
     from taskshare import progress
 
-    threading.Thread(target=_exit_with, args=(parent, poll_s), daemon=True).start()
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     torch.set_num_threads(threads)
     progress.set_quiet(True)
 
