@@ -15,17 +15,11 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 OUT=${OUT:-runs/results/par-long-presets}
 LONG="--epochs 10 --set batch_size=32 --set benchmark.n_large=1000 --set benchmark.n_small=25
       --set benchmark.val_fraction=0.3333 --set benchmark.max_eval=200 --set benchmark.n_tasks=20"
-official() {
-  .venv/bin/taskshare run --jobs ${JOBS:-1} ctrl-s-long --method par $LONG --set par.preset=official --set par.channels=16 \
-    --set par.search_epochs=-1 --seed 0,1,2 --quiet --resume --out "$OUT/official"
+par_long() {  # $1 = the preset, then the seeds, a grid and --out
+  .venv/bin/taskshare run --jobs ${JOBS:-1} ctrl-s-long --method par $LONG --set par.preset=$1 --set par.channels=16 \
+    --set par.search_epochs=-1 --quiet --resume "${@:2}"
 }
-official-lr-grid() {
-  .venv/bin/taskshare run --jobs ${JOBS:-1} ctrl-s-long --method par $LONG --set par.preset=official --set par.channels=16 \
-    --set par.search_epochs=-1 --grid lr=0.3,0.1,0.03,0.01,0.003,0.001 --seed 0,1,2 --quiet --resume \
-    --out "$OUT/official-lr-grid"
-}
-paper() {
-  .venv/bin/taskshare run --jobs ${JOBS:-1} ctrl-s-long --method par $LONG --set par.preset=paper --set par.channels=16 --set par.search_epochs=-1 --seed 0 --quiet --resume \
-    --out "$OUT/paper"
-}
+official() { par_long official --seed 0,1,2 --out "$OUT/official"; }
+official-lr-grid() { par_long official --grid lr=0.3,0.1,0.03,0.01,0.003,0.001 --seed 0,1,2 --out "$OUT/official-lr-grid"; }
+paper() { par_long paper --seed 0 --out "$OUT/paper"; }
 for step in "${@:-official paper official-lr-grid}"; do for s in $step; do $s; done; done
