@@ -9,7 +9,9 @@
 # lr 0.01 with both lambdas, so `ewc-low-lr` reruns it on S_pl at lr 0.003 and 0.001.
 # `lr-grid` chooses the cell baselines' lr on validation on S_pl and S^- (expert-per-task, fine-tuning and LwF;
 # EWC has its own grids, ewc-low-lr and ewc-s-minus).
-# Usage: scripts/results-par-same-arch.sh [ctrl-s-pl|ctrl-s-minus|ewc-low-lr|ewc-s-minus|lr-grid ...]   (default: all; each stream is
+# `more-streams`: S^+, S_in and S_out with expert-per-task, fine-tuning and LwF at the protocol's lr 0.01 (CPU
+# time: no lr grid and no EWC there).
+# Usage: scripts/results-par-same-arch.sh [ctrl-s-pl|ctrl-s-minus|ewc-low-lr|ewc-s-minus|lr-grid|more-streams ...]   (default: all; each stream is
 # independent, so two shells can run one each, one core apiece). --resume continues after a stop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,4 +55,9 @@ lr-grid() {  # the cell baselines' lr chosen on validation (mean over the seeds)
     done
   done
 }
-for step in "${@:-ctrl-s-pl ctrl-s-minus ewc-low-lr ewc-s-minus lr-grid}"; do for s in $step; do $s; done; done
+more-streams() {  # PAR's rows for these streams are scripts/results-par.sh's (PAR does not read `model`)
+  for s in ctrl-s-plus ctrl-s-in ctrl-s-out; do
+    .venv/bin/taskshare run --jobs ${JOBS:-1} "$s" --method expert-per-task,finetune,lwf $CTRL --quiet --resume --out "$OUT/$s"
+  done
+}
+for step in "${@:-ctrl-s-pl ctrl-s-minus ewc-low-lr ewc-s-minus lr-grid more-streams}"; do for s in $step; do $s; done; done
