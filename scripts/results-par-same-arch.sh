@@ -19,25 +19,24 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 OUT=${OUT:-runs/results/par-same-arch}
 CTRL="--epochs 10 --set batch_size=32 --set benchmark.n_large=1000 --set benchmark.n_small=200
       --set benchmark.val_fraction=0.3333 --set benchmark.max_eval=1000 --set model=par-cell --seed 0,1,2"
+cell() {  # $1 = the stream, $2 = the methods, then extra options and --out: one run under the protocol above
+  .venv/bin/taskshare run --jobs ${JOBS:-1} "$1" --method "$2" $CTRL "${@:3}" --quiet --resume
+}
 ctrl-s-pl() {
-  .venv/bin/taskshare run --jobs ${JOBS:-1} ctrl-s-pl --method par,expert-per-task,finetune,lwf,ewc $CTRL --grid ewc.lambda=10,1000 \
-    --quiet --resume --out "$OUT/ctrl-s-pl" || echo "ewc diverged with both lambdas at lr 0.01 (see ewc-low-lr)"
+  cell ctrl-s-pl par,expert-per-task,finetune,lwf,ewc --grid ewc.lambda=10,1000 --out "$OUT/ctrl-s-pl" || echo "ewc diverged with both lambdas at lr 0.01 (see ewc-low-lr)"
 }
 ctrl-s-minus() {
-  .venv/bin/taskshare run --jobs ${JOBS:-1} ctrl-s-minus --method par,expert-per-task,finetune,lwf $CTRL --quiet --resume \
-    --out "$OUT/ctrl-s-minus"
+  cell ctrl-s-minus par,expert-per-task,finetune,lwf --out "$OUT/ctrl-s-minus"
 }
 ewc-low-lr() {  # EWC diverged at lr 0.01 with both lambdas on S_pl: lower lrs, one process per lambda (two cores);
   # each picks its lr on validation, then the lambda with the better chosen mean validation accuracy is reported
   for lam in 10 1000; do
-    .venv/bin/taskshare run --jobs ${JOBS:-1} ctrl-s-pl --method ewc $CTRL --set ewc.lambda=$lam --grid lr=0.003,0.001 --quiet \
-      --resume --out "$OUT/ctrl-s-pl-ewc-lambda-$lam" || echo "ewc lambda $lam diverged at every lr" &
+    cell ctrl-s-pl ewc --set ewc.lambda=$lam --grid lr=0.003,0.001 --out "$OUT/ctrl-s-pl-ewc-lambda-$lam" || echo "ewc lambda $lam diverged at every lr" &
   done
   wait
 }
 ewc-s-minus() {  # EWC on S^- at lambda 10 (lambda 1000 diverged at every lr on S_pl), its lr chosen on validation
-  .venv/bin/taskshare run --jobs ${JOBS:-1} ctrl-s-minus --method ewc $CTRL --set ewc.lambda=10 --grid lr=0.003,0.001 --quiet --resume \
-    --out "$OUT/ctrl-s-minus-ewc-lambda-10"
+  cell ctrl-s-minus ewc --set ewc.lambda=10 --grid lr=0.003,0.001 --out "$OUT/ctrl-s-minus-ewc-lambda-10"
 }
 lr-grid() {  # the cell baselines' lr chosen on validation (mean over the seeds), one folder per stream,
   # OUT/<stream>-lr-grid. PAR's own lr is chosen by scripts/results-par.sh (PAR does not read `model`, so those
@@ -50,14 +49,13 @@ lr-grid() {  # the cell baselines' lr chosen on validation (mean over the seeds)
     lrs[lwf]=0.1,0.03,0.01,0.003,0.001
     [ "$s" = ctrl-s-minus ] && lrs[lwf]=0.3,${lrs[lwf]}
     for m in ${LR_GRID_METHODS:-expert-per-task finetune lwf}; do
-      .venv/bin/taskshare run --jobs ${JOBS:-1} "$s" --method "$m" $CTRL --grid "lr=${lrs[$m]}" --quiet --resume \
-        --out "$OUT/$s-lr-grid"
+      cell "$s" "$m" --grid "lr=${lrs[$m]}" --out "$OUT/$s-lr-grid"
     done
   done
 }
 more-streams() {  # PAR's rows for these streams are scripts/results-par.sh's (PAR does not read `model`)
   for s in ctrl-s-plus ctrl-s-in ctrl-s-out; do
-    .venv/bin/taskshare run --jobs ${JOBS:-1} "$s" --method expert-per-task,finetune,lwf $CTRL --quiet --resume --out "$OUT/$s"
+    cell "$s" expert-per-task,finetune,lwf --out "$OUT/$s"
   done
 }
 for step in "${@:-ctrl-s-pl ctrl-s-minus ewc-low-lr ewc-s-minus lr-grid more-streams}"; do for s in $step; do $s; done; done
