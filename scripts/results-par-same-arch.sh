@@ -10,8 +10,10 @@
 # `lr-grid` chooses the cell baselines' lr on validation on S_pl and S^- (expert-per-task, fine-tuning and LwF;
 # EWC has its own grids, ewc-low-lr and ewc-s-minus).
 # `more-streams`: S^+, S_in and S_out with expert-per-task, fine-tuning and LwF at the protocol's lr 0.01 (CPU
-# time: no lr grid and no EWC there).
-# Usage: scripts/results-par-same-arch.sh [ctrl-s-pl|ctrl-s-minus|ewc-low-lr|ewc-s-minus|lr-grid|more-streams ...]   (default: all; each stream is
+# time: no EWC there); `more-streams-lr-grid` chooses expert-per-task's lr on validation on those three streams
+# (fine-tuning and LwF, 40-57 points below PAR there, keep lr 0.01).
+# Usage: scripts/results-par-same-arch.sh [ctrl-s-pl|ctrl-s-minus|ewc-low-lr|ewc-s-minus|lr-grid|more-streams|more-streams-lr-grid ...]
+# (default: all; each stream is
 # independent, so two shells can run one each, one core apiece). --resume continues after a stop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,4 +60,7 @@ more-streams() {  # PAR's rows for these streams are scripts/results-par.sh's (P
     cell "$s" expert-per-task,finetune,lwf --out "$OUT/$s"
   done
 }
-for step in "${@:-ctrl-s-pl ctrl-s-minus ewc-low-lr ewc-s-minus lr-grid more-streams}"; do for s in $step; do $s; done; done
+more-streams-lr-grid() {  # expert-per-task's grid of lr-grid, on S^+, S_in and S_out (OUT/<stream>-lr-grid)
+  CELL_LR_GRID_STREAMS="ctrl-s-plus ctrl-s-in ctrl-s-out" LR_GRID_METHODS=expert-per-task lr-grid
+}
+for step in "${@:-ctrl-s-pl ctrl-s-minus ewc-low-lr ewc-s-minus lr-grid more-streams more-streams-lr-grid}"; do for s in $step; do $s; done; done
