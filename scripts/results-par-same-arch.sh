@@ -10,9 +10,10 @@
 # `lr-grid` chooses the cell baselines' lr on validation on S_pl and S^- (expert-per-task, fine-tuning and LwF;
 # EWC has its own grids, ewc-low-lr and ewc-s-minus).
 # `more-streams`: S^+, S_in and S_out with expert-per-task, fine-tuning and LwF at the protocol's lr 0.01 (CPU
-# time: no EWC there); `more-streams-lr-grid` chooses expert-per-task's lr on validation on those three streams
-# (fine-tuning and LwF, 40-57 points below PAR there, keep lr 0.01).
-# Usage: scripts/results-par-same-arch.sh [ctrl-s-pl|ctrl-s-minus|ewc-low-lr|ewc-s-minus|lr-grid|more-streams|more-streams-lr-grid ...]
+# time); `more-streams-lr-grid` chooses expert-per-task's lr on validation on those three streams (fine-tuning
+# and LwF, 40-57 points below PAR there, keep lr 0.01); `ewc-more-streams` runs EWC there as ewc-s-minus does.
+# Usage: scripts/results-par-same-arch.sh [ctrl-s-pl|ctrl-s-minus|ewc-low-lr|ewc-s-minus|lr-grid|more-streams|
+#        more-streams-lr-grid|ewc-more-streams ...]
 # (default: all; each stream is
 # independent, so two shells can run one each, one core apiece). --resume continues after a stop.
 set -euo pipefail
@@ -40,6 +41,11 @@ ewc-low-lr() {  # EWC diverged at lr 0.01 with both lambdas on S_pl: lower lrs, 
 ewc-s-minus() {  # EWC on S^- at lambda 10 (lambda 1000 diverged at every lr on S_pl), its lr chosen on validation
   cell ctrl-s-minus ewc --set ewc.lambda=10 --grid lr=0.003,0.001 --out "$OUT/ctrl-s-minus-ewc-lambda-10"
 }
+ewc-more-streams() {  # the same on S^+, S_out and S_in
+  for s in ctrl-s-plus ctrl-s-out ctrl-s-in; do
+    cell "$s" ewc --set ewc.lambda=10 --grid lr=0.003,0.001 --out "$OUT/$s-ewc-lambda-10"
+  done
+}
 lr-grid() {  # the cell baselines' lr chosen on validation (mean over the seeds), one folder per stream,
   # OUT/<stream>-lr-grid. PAR's own lr is chosen by scripts/results-par.sh (PAR does not read `model`, so those
   # runs are its cell runs). Each grid gained one step where S_pl's first grid chose its edge: expert-per-task's
@@ -63,4 +69,4 @@ more-streams() {  # PAR's rows for these streams are scripts/results-par.sh's (P
 more-streams-lr-grid() {  # expert-per-task's grid of lr-grid, on S^+, S_in and S_out (OUT/<stream>-lr-grid)
   CELL_LR_GRID_STREAMS="ctrl-s-plus ctrl-s-in ctrl-s-out" LR_GRID_METHODS=expert-per-task lr-grid
 }
-for step in "${@:-ctrl-s-pl ctrl-s-minus ewc-low-lr ewc-s-minus lr-grid more-streams more-streams-lr-grid}"; do for s in $step; do $s; done; done
+for step in "${@:-ctrl-s-pl ctrl-s-minus ewc-low-lr ewc-s-minus lr-grid more-streams more-streams-lr-grid ewc-more-streams}"; do for s in $step; do $s; done; done
