@@ -8,14 +8,14 @@
 # S_pl gets every baseline; S^- (CPU time) PAR, expert-per-task, fine-tuning and LwF. EWC diverged at the protocol's
 # lr 0.01 with both lambdas, so `ewc-low-lr` reruns it on S_pl at lr 0.003 and 0.001.
 # `lr-grid` chooses the cell baselines' lr on validation on S_pl and S^- (expert-per-task, fine-tuning and LwF;
-# EWC has its own grids, ewc-low-lr and ewc-s-minus).
-# `more-streams`: S^+, S_in and S_out with expert-per-task, fine-tuning and LwF at the protocol's lr 0.01 (CPU
-# time); `more-streams-lr-grid` chooses expert-per-task's lr on validation on those three streams (fine-tuning
+# EWC has its own grids, ewc-low-lr, ewc-s-minus and ewc-more-streams).
+# `more-streams`: S^+, S_in and S_out with expert-per-task, fine-tuning and LwF at the protocol's lr 0.01;
+# `more-streams-lr-grid` chooses expert-per-task's lr on validation on those three streams (fine-tuning
 # and LwF, 40-57 points below PAR there, keep lr 0.01); `ewc-more-streams` runs EWC there as ewc-s-minus does.
 # Usage: scripts/results-par-same-arch.sh [ctrl-s-pl|ctrl-s-minus|ewc-low-lr|ewc-s-minus|lr-grid|more-streams|
 #        more-streams-lr-grid|ewc-more-streams ...]
-# (default: all; each stream is
-# independent, so two shells can run one each, one core apiece). --resume continues after a stop.
+# (default: all; each stream is independent, so two shells can run one each, one core apiece). --resume continues
+# after a stop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
