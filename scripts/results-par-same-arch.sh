@@ -22,6 +22,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 OUT=${OUT:-runs/results/par-same-arch}
 CTRL="--epochs 10 --set batch_size=32 --set benchmark.n_large=1000 --set benchmark.n_small=200
       --set benchmark.val_fraction=0.3333 --set benchmark.max_eval=1000 --set model=par-cell --seed 0,1,2"
+MORE_STREAMS="ctrl-s-plus ctrl-s-in ctrl-s-out"
 cell() {  # $1 = the stream, $2 = the methods, then extra options and --out: one run under the protocol above
   .venv/bin/taskshare run --jobs ${JOBS:-1} "$1" --method "$2" $CTRL "${@:3}" --quiet --resume
 }
@@ -38,14 +39,14 @@ ewc-low-lr() {  # EWC diverged at lr 0.01 with both lambdas on S_pl: lower lrs, 
   done
   wait
 }
-ewc-s-minus() {  # EWC on S^- at lambda 10 (lambda 1000 diverged at every lr on S_pl), its lr chosen on validation
-  cell ctrl-s-minus ewc --set ewc.lambda=10 --grid lr=0.003,0.001 --out "$OUT/ctrl-s-minus-ewc-lambda-10"
-}
-ewc-more-streams() {  # the same on S^+, S_out and S_in
-  for s in ctrl-s-plus ctrl-s-out ctrl-s-in; do
+ewc-lambda-10() {  # EWC on each stream given at lambda 10 (lambda 1000 diverged at every lr on S_pl), its lr
+  # chosen on validation, OUT/<stream>-ewc-lambda-10
+  for s in "$@"; do
     cell "$s" ewc --set ewc.lambda=10 --grid lr=0.003,0.001 --out "$OUT/$s-ewc-lambda-10"
   done
 }
+ewc-s-minus() { ewc-lambda-10 ctrl-s-minus; }
+ewc-more-streams() { ewc-lambda-10 $MORE_STREAMS; }
 lr-grid() {  # the cell baselines' lr chosen on validation (mean over the seeds), one folder per stream,
   # OUT/<stream>-lr-grid. PAR's own lr is chosen by scripts/results-par.sh (PAR does not read `model`, so those
   # runs are its cell runs). Each grid gained one step where S_pl's first grid chose its edge: expert-per-task's
@@ -62,11 +63,11 @@ lr-grid() {  # the cell baselines' lr chosen on validation (mean over the seeds)
   done
 }
 more-streams() {  # PAR's rows for these streams are scripts/results-par.sh's (PAR does not read `model`)
-  for s in ctrl-s-plus ctrl-s-in ctrl-s-out; do
+  for s in $MORE_STREAMS; do
     cell "$s" expert-per-task,finetune,lwf --out "$OUT/$s"
   done
 }
 more-streams-lr-grid() {  # expert-per-task's grid of lr-grid, on S^+, S_in and S_out (OUT/<stream>-lr-grid)
-  CELL_LR_GRID_STREAMS="ctrl-s-plus ctrl-s-in ctrl-s-out" LR_GRID_METHODS=expert-per-task lr-grid
+  CELL_LR_GRID_STREAMS=$MORE_STREAMS LR_GRID_METHODS=expert-per-task lr-grid
 }
 for step in "${@:-ctrl-s-pl ctrl-s-minus ewc-low-lr ewc-s-minus lr-grid more-streams more-streams-lr-grid ewc-more-streams}"; do for s in $step; do $s; done; done
