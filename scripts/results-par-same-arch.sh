@@ -10,8 +10,8 @@
 # `lr-grid` chooses the cell baselines' lr on validation on S_pl and S^- (expert-per-task, fine-tuning and LwF;
 # EWC has its own grids, ewc-low-lr, ewc-s-minus and ewc-more-streams).
 # `more-streams`: S^+, S_in and S_out with expert-per-task, fine-tuning and LwF at the protocol's lr 0.01;
-# `more-streams-lr-grid` chooses expert-per-task's lr on validation on those three streams (fine-tuning
-# and LwF, 40-57 points below PAR there, keep lr 0.01); `ewc-more-streams` runs EWC there as ewc-s-minus does.
+# `more-streams-lr-grid` chooses their lr on validation on those three streams with lr-grid's grids;
+# `ewc-more-streams` runs EWC there as ewc-s-minus does.
 # Usage: scripts/results-par-same-arch.sh [ctrl-s-pl|ctrl-s-minus|ewc-low-lr|ewc-s-minus|lr-grid|more-streams|
 #        more-streams-lr-grid|ewc-more-streams ...]
 # (default: all; each stream is independent, so two shells can run one each, one core apiece). --resume continues
@@ -52,11 +52,13 @@ lr-grid() {  # the cell baselines' lr chosen on validation (mean over the seeds)
   # runs are its cell runs). Each grid gained one step where S_pl's first grid chose its edge: expert-per-task's
   # began as {0.03, 0.01, 0.003} (0.001 added), fine-tuning's and LwF's as {0.1, 0.03, 0.01, 0.003} (they chose
   # 0.1 or 0.03 on the ResNet-18; 0.3 added for fine-tuning, 0.001 for LwF); on S^- LwF chose 0.1, its top,
-  # so 0.3 was added there. LR_GRID_METHODS and CELL_LR_GRID_STREAMS pick subsets.
+  # so 0.3 was added there, and on S^+ 0.001, its bottom, so 0.0003 was added there. LR_GRID_METHODS and
+  # CELL_LR_GRID_STREAMS pick subsets.
   local -A lrs=([expert-per-task]=0.03,0.01,0.003,0.001 [finetune]=0.3,0.1,0.03,0.01,0.003)
   for s in ${CELL_LR_GRID_STREAMS:-ctrl-s-pl ctrl-s-minus}; do
     lrs[lwf]=0.1,0.03,0.01,0.003,0.001
     [ "$s" = ctrl-s-minus ] && lrs[lwf]=0.3,${lrs[lwf]}
+    [ "$s" = ctrl-s-plus ] && lrs[lwf]=${lrs[lwf]},0.0003
     for m in ${LR_GRID_METHODS:-expert-per-task finetune lwf}; do
       cell "$s" "$m" --grid "lr=${lrs[$m]}" --out "$OUT/$s-lr-grid"
     done
@@ -67,7 +69,7 @@ more-streams() {  # PAR's rows for these streams are scripts/results-par.sh's (P
     cell "$s" expert-per-task,finetune,lwf --out "$OUT/$s"
   done
 }
-more-streams-lr-grid() {  # expert-per-task's grid of lr-grid, on S^+, S_in and S_out (OUT/<stream>-lr-grid)
-  CELL_LR_GRID_STREAMS=$MORE_STREAMS LR_GRID_METHODS=expert-per-task lr-grid
+more-streams-lr-grid() {  # lr-grid on S^+, S_in and S_out (OUT/<stream>-lr-grid)
+  CELL_LR_GRID_STREAMS=$MORE_STREAMS lr-grid
 }
 for step in "${@:-ctrl-s-pl ctrl-s-minus ewc-low-lr ewc-s-minus lr-grid more-streams more-streams-lr-grid ewc-more-streams}"; do for s in $step; do $s; done; done
