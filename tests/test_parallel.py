@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from taskshare.cli import main
 from taskshare.engine.grid import combinations, setting_label
-from taskshare.engine.parallel import Unit, describe, plan_units
+from taskshare.engine.parallel import Unit, _deferred_sigint, describe, plan_units
 
 
 def test_without_a_grid_every_method_runs_on_every_seed_where_the_serial_run_writes_it():
@@ -94,6 +95,31 @@ def _alive(pid: int) -> bool:
         return False
     stat = Path(f"/proc/{pid}/stat")   # a re-parented zombie nobody reaps is gone too
     return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
+@pytest.mark.parametrize("late", [False, True], ids=["checked", "after-the-last-check"])
+def test_ctrl_c_during_the_wait_is_raised_only_where_the_loop_checks(late):
+    """Inside `_deferred_sigint` a SIGINT sets the event and raises nothing (a KeyboardInterrupt in the middle of
+    concurrent.futures can leave a future's lock held, and the pool's shutdown then hangs); a Ctrl-C the loop did
+    not check is raised on leaving the block, and the default handler is back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers belong to the main thread")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt) as raised:
+            with _deferred_sigint() as stop:
+                os.kill(os.getpid(), signal.SIGINT)
+                deadline = time.monotonic() + 10
+                while not stop.is_set() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert stop.is_set()
+                if not late:
+                    raise KeyboardInterrupt("checked")
+        assert str(raised.value) == ("checked" if not late else "")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")

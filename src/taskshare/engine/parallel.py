@@ -16,16 +16,20 @@ a first phase, the settings in a second.
 Stopping the run stops its workers: on Ctrl-C or any exception the run terminates them, and a worker whose
 run was killed outright (SIGTERM, SIGKILL, a scheduler's time limit) exits within a second of noticing, so no
 orphan goes on training into the run's folders. Checkpoints are written atomically: `--resume` continues.
+Ctrl-C is taken at one point of the wait loop (`_deferred_sigint`): a KeyboardInterrupt raised anywhere else
+could leave a future's lock held inside concurrent.futures, and the pool's shutdown would then wait forever.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +84,25 @@ def _start_worker(threads: int, parent: int) -> None:
     progress.set_quiet(True)
 
 
+@contextlib.contextmanager
+def _deferred_sigint() -> Iterator[threading.Event]:
+    """Within the block, Ctrl-C (SIGINT) sets the event instead of raising KeyboardInterrupt wherever the main
+    thread happens to be: the caller raises it at a safe point, and one that came after the caller's last check
+    is raised on leaving the block. A no-op event outside the main thread or under another SIGINT handler."""
+    stop = threading.Event()
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield stop
+        return
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if stop.is_set():
+        raise KeyboardInterrupt
+
+
 def run_units(train: Callable[[Unit], object], phases: list[list[Unit]], jobs: int, quiet: bool = True) -> int:
     """Train every unit with `train` (picklable: a module-level function or a partial of one) in `jobs`
     spawned processes, phases one after another; each process gets an equal share of this one's torch threads.
@@ -93,16 +116,21 @@ def run_units(train: Callable[[Unit], object], phases: list[list[Unit]], jobs: i
     failed = 0
     context = multiprocessing.get_context("spawn")   # no fork of a process that holds torch threads
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
-                             initargs=(threads, os.getpid())) as pool:
+                             initargs=(threads, os.getpid())) as pool, _deferred_sigint() as stop:
         try:
             for units in phases:
                 futures = {pool.submit(train, u): u for u in units}
-                for future in as_completed(futures):
-                    error = future.exception()
-                    failed += error is not None
-                    if not quiet:
-                        print(f"  {describe(futures[future])}: "
-                              f"{'done' if error is None else 'failed (reported below)'}", file=sys.stderr)
+                pending = set(futures)
+                while pending:
+                    done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                    if stop.is_set():
+                        raise KeyboardInterrupt
+                    for future in done:
+                        error = future.exception()
+                        failed += error is not None
+                        if not quiet:
+                            print(f"  {describe(futures[future])}: "
+                                  f"{'done' if error is None else 'failed (reported below)'}", file=sys.stderr)
         except BaseException:   # Ctrl-C or a failure here: stop the workers now, not after their units
             for worker in multiprocessing.active_children():
                 worker.terminate()
