@@ -129,9 +129,13 @@ def test_stopping_a_run_stops_its_workers(sig, tmp_path):
     worker training into its folders."""
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent("""
-        import os, sys, time
+        import os, signal, sys, time
         from pathlib import Path
         from taskshare.engine.parallel import Unit, run_units
+
+        # as from a terminal: a process started with `&` by a non-interactive shell (a detached CI job) inherits
+        # SIGINT ignored, and Python then leaves it ignored
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
         def train(unit):
             Path(sys.argv[1], str(os.getpid())).touch()
