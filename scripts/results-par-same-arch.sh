@@ -51,13 +51,13 @@ lr-grid() {  # the cell baselines' lr chosen on validation (mean over the seeds)
   # OUT/<stream>-lr-grid. PAR's own lr is chosen by scripts/results-par.sh (PAR does not read `model`, so those
   # runs are its cell runs). Each grid gained one step where S_pl's first grid chose its edge: expert-per-task's
   # began as {0.03, 0.01, 0.003} (0.001 added), fine-tuning's and LwF's as {0.1, 0.03, 0.01, 0.003} (they chose
-  # 0.1 or 0.03 on the ResNet-18; 0.3 added for fine-tuning, 0.001 for LwF); on S^- LwF chose 0.1, its top,
-  # so 0.3 was added there, and on S^+ 0.001, its bottom, so 0.0003 was added there. LR_GRID_METHODS and
+  # 0.1 or 0.03 on the ResNet-18; 0.3 added for fine-tuning, 0.001 for LwF); on S^- and S_out LwF chose 0.1, its
+  # top, so 0.3 was added there, and on S^+ 0.001, its bottom, so 0.0003 was added there. LR_GRID_METHODS and
   # CELL_LR_GRID_STREAMS pick subsets.
   local -A lrs=([expert-per-task]=0.03,0.01,0.003,0.001 [finetune]=0.3,0.1,0.03,0.01,0.003)
   for s in ${CELL_LR_GRID_STREAMS:-ctrl-s-pl ctrl-s-minus}; do
     lrs[lwf]=0.1,0.03,0.01,0.003,0.001
-    [ "$s" = ctrl-s-minus ] && lrs[lwf]=0.3,${lrs[lwf]}
+    [ "$s" = ctrl-s-minus ] || [ "$s" = ctrl-s-out ] && lrs[lwf]=0.3,${lrs[lwf]}
     [ "$s" = ctrl-s-plus ] && lrs[lwf]=${lrs[lwf]},0.0003
     for m in ${LR_GRID_METHODS:-expert-per-task finetune lwf}; do
       cell "$s" "$m" --grid "lr=${lrs[$m]}" --out "$OUT/$s-lr-grid"
