@@ -50,9 +50,20 @@ stream() {  # $1 = benchmark, then extra options; EWC goes to its own folder (it
 }
 lane-a() { for s in ctrl-s-minus ctrl-s-plus ctrl-s-in; do stream $s; done; }
 lane-b() { for s in ctrl-s-pl ctrl-s-out; do stream $s; done; }
-units() {  # beyond the paper: allocate a model patch or a TAPS delta set on the most related expert
+units() {  # beyond the paper: allocate a model patch or a TAPS delta set on the most related expert; each unit's
+  # lr chosen on validation (mean over the seeds) from {0.1, 0.03, 0.01}, with 0.3 where 0.1 was chosen (taps on
+  # S_pl). PAR's own unit (a new expert) and a new cell expert per task run again at the lrs their grids chose
+  # (PAR: the lanes above; expert-per-task: scripts/results-par-same-arch.sh lr-grid), so that the whole table
+  # comes from one machine (PAR's search depends on the CPU's kernels; RESULTS.md)
+  local -A par_lr=([ctrl-s-pl]=0.03 [ctrl-s-minus]=0.01) cell_lr=([ctrl-s-pl]=0.003 [ctrl-s-minus]=0.01)
   for s in ctrl-s-pl ctrl-s-minus; do
-    for u in patch taps; do $TS $s --method par $CTRL --set par.unit=$u --out $OUT/$s-unit-$u; done
+    for u in patch taps; do
+      local lrs=0.1,0.03,0.01
+      [ "$s-$u" = ctrl-s-pl-taps ] && lrs=0.3,$lrs
+      $TS $s --method par $CTRL --set par.unit=$u --grid lr=$lrs --out $OUT/$s-unit-$u
+    done
+    $TS $s --method par $CTRL --set lr=${par_lr[$s]} --out $OUT/$s-unit-expert
+    $TS $s --method expert-per-task $CTRL --set model=par-cell --set lr=${cell_lr[$s]} --out $OUT/$s-cell-per-task
   done
 }
 foundation() {  # split-MNIST with the protocol and lr grid of the lifelong-baseline table (scripts/results-split-mnist.sh)
