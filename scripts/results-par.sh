@@ -75,8 +75,10 @@ long() {  # 20 tasks (25 training samples, or 1,000 with probability 0.1), test 
   stream ctrl-s-long --set benchmark.n_tasks=20 --set benchmark.n_small=25 --set benchmark.max_eval=200
 }
 long-variants() {  # PAR on S_long with the official few-shot override (N <= 25: reuse an expert with >= 10 N
-  # samples; off in the paper preset, which does not state it) and with the bias-corrected relatedness (loo)
-  LONG="$CTRL --set benchmark.n_tasks=20 --set benchmark.n_small=25 --set benchmark.max_eval=200"
+  # samples; off in the paper preset, which does not state it) and with the bias-corrected relatedness (loo),
+  # each one's lr chosen on validation from {0.1, 0.03, 0.01} (the presets chose 0.1 and 0.03)
+  LONG="$CTRL --set benchmark.n_tasks=20 --set benchmark.n_small=25 --set benchmark.max_eval=200
+        --grid lr=0.1,0.03,0.01"
   $TS ctrl-s-long --method par $LONG --set par.few_shot_max=25 --out $OUT/ctrl-s-long-few-shot-25
   $TS ctrl-s-long --method par $LONG --set par.loo=true --out $OUT/ctrl-s-long-loo
 }
