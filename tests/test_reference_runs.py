@@ -1,8 +1,10 @@
 """The reference runs (tests/reference_runs.py) give the stored numbers: a refactoring changes none of them.
 
-On the platform that recorded them (torch version, CPU capability, thread count) every artifact's tensors
-must be bit-identical; elsewhere kernels sum in another order, so tensors are compared through their sums
-(relative 1e-3) and accuracies may move by at most one test sample's worth.
+On the platform that recorded them (torch version, CPU capability, thread count, CPU vendor) every artifact's
+tensors must be bit-identical; elsewhere kernels sum in another order, so tensors are compared through their
+sums (relative 1e-3) and accuracies may move by at most one test sample's worth. The vendor is part of the
+platform: on an AMD CPU with the same AVX512 capability as the Intel one that recorded them, every run's bits
+differ.
 """
 from __future__ import annotations
 
