@@ -23,6 +23,7 @@ from taskshare import progress
 from taskshare.config import RunConfig
 from taskshare.data import build_benchmark
 from taskshare.engine.lifelong import run_method
+from taskshare.engine.run import cpu_info
 from taskshare.methods.lifelong import ewc
 from taskshare.methods.lifelong.ewc import diagonal_fisher
 from taskshare.models import TaskNet, build_backbone, new_head
@@ -65,14 +66,6 @@ def fisher_alone(stream, fast: bool, fisher: str) -> tuple[float, dict]:
     return time.perf_counter() - start, f
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -93,7 +86,7 @@ def main() -> None:
         times["fisher closed form"].append(t)
     err = max(((new[n] - ref[n]).abs().max() / ref[n].abs().max()).item() for n in ref)
     print(f"split-mnist, MLP, 1 epoch, fisher={args.fisher}, torch threads {torch.get_num_threads()} "
-          f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), CPU {cpu_name()} "
+          f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), CPU {cpu_info()['model']} "
           f"({torch.backends.cpu.get_cpu_capability()}), "
           f"{args.rounds} alternating rounds")
     best = {k: min(v) for k, v in times.items()}

@@ -15,22 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from taskshare.engine.run import cpu_info
 
 
 def main() -> None:
@@ -52,7 +43,8 @@ def main() -> None:
     subprocess.run(cmd, check=True, env={**os.environ, **env})
     res = {m: json.loads((out / m / "results.json").read_text()) for m in ("expert-per-task", "par")}
     print(f"command: {' '.join(cmd[1:])}")
-    print(f"threads: {args.threads}; CPU: {cpu_name()}; cores: {os.cpu_count()}; load: {os.getloadavg()[0]:.1f}")
+    print(f"threads: {args.threads}; CPU: {cpu_info()['model']}; cores: {os.cpu_count()}; "
+          f"load: {os.getloadavg()[0]:.1f}")
     for m, r in res.items():
         print(f"{m:16s} time_s {r['time_s']:8.1f}  avg_acc {r['avg_acc']:.4f}  final row "
               + " ".join(f"{a:.3f}" for a in r["acc_matrix"][-1]))

@@ -15,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+
+from taskshare.engine.run import cpu_info
 
 HERE = Path(__file__).parent
 STORE = HERE / "data" / "reference_runs.json"
@@ -40,21 +41,9 @@ LIFELONG = {  # run id -> (method, method options)
 MULTI_OUTPUT = ["stl", "ew", "uw", "dwa", "gradnorm", "pcgrad", "mgda", "cagrad", "adatask", "adatask+pcgrad"]
 
 
-def cpu_vendor() -> str:
-    """GenuineIntel, AuthenticAMD, ... (Linux), else the processor string: MKL and oneDNN take other code paths
-    on another vendor's CPU with the same capability, so its bits differ."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def platform_key() -> str:
     return (f"{torch.__version__}/{torch.backends.cpu.get_cpu_capability()}/threads={torch.get_num_threads()}"
-            f"/{cpu_vendor()}")
+            f"/{cpu_info()['vendor']}")
 
 
 def tensor_digest(path: Path) -> tuple[str, list[float]]:

@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from taskshare.core.serialize import load_state
 from taskshare.engine.lifelong import CHECKPOINT, run_method
+from taskshare.engine.run import cpu_info
 from taskshare.errors import ConfigError, TrainingError
 from taskshare.methods import METHODS
 
@@ -28,6 +30,9 @@ def test_results_json_has_the_documented_fields(stream, cfg, tmp_path):
     R = on_disk["acc_matrix"]
     assert R[0][1] is None and R[0][2] is None and all(0 <= v <= 1 for row in R for v in row if v is not None)
     assert on_disk["avg_acc"] == pytest.approx(sum(R[-1]) / 3)
+    cpu = cpu_info()   # numbers are bit-identical on one CPU only, so every run records which
+    assert on_disk["versions"]["cpu"] == f"{cpu['model']} ({cpu['capability']})"
+    assert cpu["capability"] == torch.backends.cpu.get_cpu_capability() and cpu["vendor"] and cpu["model"]
     assert on_disk["bwt"] == pytest.approx(((R[2][0] - R[0][0]) + (R[2][1] - R[1][1])) / 2)
     p = on_disk["params"]
     assert p["added_per_task"] == [400 * 3 + 3] * 3 and p["total"] == p["base"] + sum(p["added_per_task"])

@@ -58,9 +58,25 @@ def identity(benchmark: str, method: str, cfg: RunConfig | dict[str, Any],
     return {"benchmark": benchmark, "method": method, "config": conf}
 
 
+def cpu_info() -> dict[str, str]:
+    """The CPU's vendor, model and the kernels' capability: numbers are bit-identical from run to run on one
+    CPU, not across CPUs (another vendor's or instruction set's kernels round differently)."""
+    found: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            found.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return {"vendor": found.get("vendor_id") or platform.machine() or "unknown",
+            "model": found.get("model name") or platform.processor() or "unknown",
+            "capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def versions() -> dict[str, str]:
+    cpu = cpu_info()
     return {"taskshare": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version()}
+            "python": platform.python_version(), "cpu": f"{cpu['model']} ({cpu['capability']})"}
 
 
 def peak_rss_mb() -> float:
