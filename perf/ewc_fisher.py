@@ -23,7 +23,7 @@ from taskshare import progress
 from taskshare.config import RunConfig
 from taskshare.data import build_benchmark
 from taskshare.engine.lifelong import run_method
-from taskshare.engine.run import cpu_info
+from taskshare.engine.run import versions
 from taskshare.methods.lifelong import ewc
 from taskshare.methods.lifelong.ewc import diagonal_fisher
 from taskshare.models import TaskNet, build_backbone, new_head
@@ -86,8 +86,7 @@ def main() -> None:
         times["fisher closed form"].append(t)
     err = max(((new[n] - ref[n]).abs().max() / ref[n].abs().max()).item() for n in ref)
     print(f"split-mnist, MLP, 1 epoch, fisher={args.fisher}, torch threads {torch.get_num_threads()} "
-          f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), CPU {cpu_info()['model']} "
-          f"({torch.backends.cpu.get_cpu_capability()}), "
+          f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), CPU {versions()['cpu']}, "
           f"{args.rounds} alternating rounds")
     best = {k: min(v) for k, v in times.items()}
     for k, v in times.items():

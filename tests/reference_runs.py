@@ -42,8 +42,8 @@ MULTI_OUTPUT = ["stl", "ew", "uw", "dwa", "gradnorm", "pcgrad", "mgda", "cagrad"
 
 
 def platform_key() -> str:
-    return (f"{torch.__version__}/{torch.backends.cpu.get_cpu_capability()}/threads={torch.get_num_threads()}"
-            f"/{cpu_info()['vendor']}")
+    cpu = cpu_info()
+    return f"{torch.__version__}/{cpu['capability']}/threads={torch.get_num_threads()}/{cpu['vendor']}"
 
 
 def tensor_digest(path: Path) -> tuple[str, list[float]]:
